@@ -1,0 +1,97 @@
+"""Logging set-up for the command line and the worker processes.
+
+Library modules only create loggers; handlers are attached here, and only by
+entry points (the CLI, and the worker when ``BTS_SYNC_LOG_FORMAT`` asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from bts_sync.redact import RedactingFilter
+
+#: Line format of plain logs; it follows Dramatiq's worker format so that the
+#: worker, the scheduler and bts-sync share one log style.
+PLAIN_FORMAT = "[%(asctime)s] [PID %(process)d] [%(threadName)s] [%(name)s] [%(levelname)s] %(message)s"
+
+#: Accepted values of ``--log-format`` and ``BTS_SYNC_LOG_FORMAT``.
+LOG_FORMATS = ("auto", "rich", "plain", "json")
+
+#: Record attributes copied into JSON log lines when a log call passes them
+#: through ``extra``.
+JSON_FIELDS = (
+    "endpoint",
+    "slot",
+    "token",
+    "status",
+    "elapsed_ms",
+    "lateness_ms",
+    "size",
+    "changed",
+    "error_kind",
+    "message_id",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """Format each record as one JSON object on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        for name in JSON_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                data[name] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
+    """Create a handler for ``log_format``, with secrets masked.
+
+    Args:
+        log_format: One of ``LOG_FORMATS``. ``auto`` is ``rich`` on a terminal
+            and ``plain`` otherwise.
+        stream: Where to write. Defaults to standard error.
+    """
+    stream = stream if stream is not None else sys.stderr
+    if log_format == "auto":
+        log_format = "rich" if stream.isatty() else "plain"
+
+    handler: logging.Handler
+    if log_format == "rich":
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        # Markup stays off: messages carry URLs and server text with brackets.
+        handler = RichHandler(console=Console(file=stream), markup=False, rich_tracebacks=False, show_path=False)
+    elif log_format == "json":
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler.addFilter(RedactingFilter())
+    return handler
+
+
+def configure_logging(log_format: str = "auto", level: int | str = logging.WARNING, stream: Any = None) -> None:
+    """Replace the root logger's handlers with one handler of ``log_format``."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(make_handler(log_format, stream))
+    root.setLevel(level)
