@@ -23,7 +23,12 @@ from typing import Any, NoReturn
 import click
 
 from bts_sync import __version__
-from bts_sync.errors import BtsSyncError, ConfigError, RedisUnavailableError, UnknownEndpointError
+from bts_sync.errors import (
+    BtsSyncError,
+    ConfigError,
+    RedisUnavailableError,
+    UnknownEndpointError,
+)
 from bts_sync.logs import LOG_FORMATS, configure_logging
 
 logger = logging.getLogger(__name__)
@@ -59,7 +64,7 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
 
 
 class _Group(click.Group):
@@ -87,7 +92,11 @@ class _Group(click.Group):
             ) from None
 
 
-@click.group(cls=_Group, epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(
+    cls=_Group,
+    epilog=_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.option(
     "--config",
     "config_path",
@@ -96,7 +105,12 @@ class _Group(click.Group):
     show_envvar=True,
     help="TOML configuration file; defaults to ./bts-sync.toml when it exists.",
 )
-@click.option("--redis-url", envvar="BTS_SYNC_REDIS_URL", show_envvar=True, help="Redis URL; REDIS_URL is read too.")
+@click.option(
+    "--redis-url",
+    envvar="BTS_SYNC_REDIS_URL",
+    show_envvar=True,
+    help="Redis URL; REDIS_URL is read too.",
+)
 @click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
@@ -115,10 +129,21 @@ class _Group(click.Group):
 )
 @click.version_option(__version__, "--version", prog_name="bts-sync")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, redis_url: str | None, log_format: str, log_level: str) -> None:
+def cli(
+    ctx: click.Context,
+    config_path: str | None,
+    redis_url: str | None,
+    log_format: str,
+    log_level: str,
+) -> None:
     """Poll HTTP JSON APIs on a fixed cadence and keep the latest response in Redis."""
     configure_logging(log_format, log_level.upper())
-    ctx.obj = {"config_path": config_path, "redis_url": redis_url, "log_format": log_format, "log_level": log_level}
+    ctx.obj = {
+        "config_path": config_path,
+        "redis_url": redis_url,
+        "log_format": log_format,
+        "log_level": log_level,
+    }
 
 
 def load_context_settings(ctx: click.Context) -> Any:
@@ -138,12 +163,26 @@ def make_console(stderr: bool = False) -> Any:
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--url", help="Poll this URL; with NAME, the endpoint's other settings are kept.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as one JSON document.")
+@click.option(
+    "--url", help="Poll this URL; with NAME, the endpoint's other settings are kept."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the whole result as one JSON document.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show the response headers too.")
 @click.option("--full", is_flag=True, help="Print long bodies in full on a terminal.")
 @click.pass_context
-def once(ctx: click.Context, name: str | None, url: str | None, as_json: bool, verbose: bool, full: bool) -> None:
+def once(
+    ctx: click.Context,
+    name: str | None,
+    url: str | None,
+    as_json: bool,
+    verbose: bool,
+    full: bool,
+) -> None:
     """Poll one endpoint in the foreground and show the response.
 
     NAME picks a configured endpoint; without it, the only or first endpoint is
@@ -170,7 +209,9 @@ def once(ctx: click.Context, name: str | None, url: str | None, as_json: bool, v
 
 
 @cli.command("config")
-@click.option("--json", "as_json", is_flag=True, help="Print the configuration as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the configuration as JSON."
+)
 @click.pass_context
 def show_config(ctx: click.Context, as_json: bool) -> None:
     """Print the resolved configuration with secrets masked."""

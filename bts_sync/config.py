@@ -216,7 +216,9 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.lines:
             count = len(self.lines)
-            heading = "Invalid configuration" + (f" ({count} problems)" if count > 1 else "")
+            heading = "Invalid configuration" + (
+                f" ({count} problems)" if count > 1 else ""
+            )
             raise ConfigError(heading + ":\n  " + "\n  ".join(self.lines))
 
 
@@ -244,7 +246,9 @@ _Check = Callable[[Any, str, str, _Problems], Any]
 
 def _positive_number(value: Any, where: str, key: str, problems: _Problems) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        problems.add(where, key, value, "must be a number of seconds, such as 3 or 0.5.")
+        problems.add(
+            where, key, value, "must be a number of seconds, such as 3 or 0.5."
+        )
         return None
     if value <= 0:
         problems.add(where, key, value, "must be greater than 0 seconds.")
@@ -282,7 +286,12 @@ def _string(value: Any, where: str, key: str, problems: _Problems) -> Any:
 
 def _string_table(value: Any, where: str, key: str, problems: _Problems) -> Any:
     if not isinstance(value, dict):
-        problems.add(where, key, value, 'must be a table of strings, like { Accept = "application/json" }.')
+        problems.add(
+            where,
+            key,
+            value,
+            'must be a table of strings, like { Accept = "application/json" }.',
+        )
         return None
     result: dict[str, str] = {}
     for name, item in value.items():
@@ -304,9 +313,21 @@ def _timeout(value: Any, where: str, key: str, problems: _Problems) -> Any:
     if isinstance(value, dict):
         unknown = set(value) - {"connect", "read"}
         for name in sorted(unknown):
-            problems.add(where, f"{key}.{name}", value[name], 'is not a key of timeout; use "connect" and "read".')
-        connect = _positive_number(value.get("connect", DEFAULT_MAX_TIMEOUT_S), where, f"{key}.connect", problems)
-        read = _positive_number(value.get("read", DEFAULT_MAX_TIMEOUT_S), where, f"{key}.read", problems)
+            problems.add(
+                where,
+                f"{key}.{name}",
+                value[name],
+                'is not a key of timeout; use "connect" and "read".',
+            )
+        connect = _positive_number(
+            value.get("connect", DEFAULT_MAX_TIMEOUT_S),
+            where,
+            f"{key}.connect",
+            problems,
+        )
+        read = _positive_number(
+            value.get("read", DEFAULT_MAX_TIMEOUT_S), where, f"{key}.read", problems
+        )
         return (connect, read)
     seconds = _positive_number(value, where, key, problems)
     return (seconds, seconds)
@@ -324,7 +345,12 @@ def _statuses(value: Any, where: str, key: str, problems: _Problems) -> Any:
             first = int(match.group(1)) * 100
             statuses.update(range(first, first + 100))
             continue
-        problems.add(where, key, item, 'must be a status code from 100 to 599 or a class like "2xx".')
+        problems.add(
+            where,
+            key,
+            item,
+            'must be a status code from 100 to 599 or a class like "2xx".',
+        )
     return frozenset(statuses) if statuses else None
 
 
@@ -360,7 +386,9 @@ _TOP_LEVEL_KEYS = {
 }
 
 
-def _substitute(text: str, env: Mapping[str, str], where: str, key: str, problems: _Problems) -> str:
+def _substitute(
+    text: str, env: Mapping[str, str], where: str, key: str, problems: _Problems
+) -> str:
     """Replace ``${NAME}`` references with environment values, remembering them as secrets."""
 
     def replace_reference(match: re.Match[str]) -> str:
@@ -384,12 +412,22 @@ def _check_url(url: str, where: str, problems: _Problems) -> None:
         parts = urlsplit(url)
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
-        problems.add(where, "url", url, "is not a valid URL; write it like https://api.example.com/items.")
+        problems.add(
+            where,
+            "url",
+            url,
+            "is not a valid URL; write it like https://api.example.com/items.",
+        )
         return
     if parts.scheme not in ("http", "https"):
         problems.add(where, "url", url, "must start with http:// or https://.")
     elif not parts.hostname:
-        problems.add(where, "url", url, "has no host; write it like https://api.example.com/items.")
+        problems.add(
+            where,
+            "url",
+            url,
+            "has no host; write it like https://api.example.com/items.",
+        )
     elif not port_ok:
         problems.add(where, "url", url, "has a port outside 1 to 65535.")
 
@@ -415,13 +453,20 @@ def _build_endpoint(
 
     for required in ("name", "url"):
         if required not in merged:
-            problems.add_plain(f"{where}is missing the key {required!r}; add {required} = \"...\".")
+            problems.add_plain(
+                f'{where}is missing the key {required!r}; add {required} = "...".'
+            )
     if "name" not in values or "url" not in values:
         return None
 
     name = values["name"]
     if not _NAME_RE.match(name):
-        problems.add(where, "name", name, "may use letters, digits, '.', '_' and '-' only, starting with a letter or digit.")
+        problems.add(
+            where,
+            "name",
+            name,
+            "may use letters, digits, '.', '_' and '-' only, starting with a letter or digit.",
+        )
 
     values["url"] = _substitute(values["url"], env, where, "url", problems)
     _check_url(values["url"], where, problems)
@@ -440,12 +485,16 @@ def _build_endpoint(
     return _finish_endpoint(values, where, problems)
 
 
-def _finish_endpoint(values: dict[str, Any], where: str, problems: _Problems) -> Endpoint | None:
+def _finish_endpoint(
+    values: dict[str, Any], where: str, problems: _Problems
+) -> Endpoint | None:
     """Derive the defaults that depend on other keys and check keys against each other."""
     interval = values.get("interval_s", DEFAULT_INTERVAL_S)
     deadline = values.get("deadline_s")
     if deadline is None:
-        deadline = round(min(DEFAULT_MAX_DEADLINE_S, interval * DEFAULT_DEADLINE_SHARE), 3)
+        deadline = round(
+            min(DEFAULT_MAX_DEADLINE_S, interval * DEFAULT_DEADLINE_SHARE), 3
+        )
     elif deadline > interval:
         problems.add(
             where,
@@ -459,7 +508,12 @@ def _finish_endpoint(values: dict[str, Any], where: str, problems: _Problems) ->
     default_timeout = min(DEFAULT_MAX_TIMEOUT_S, deadline)
     method = values.get("method", "GET")
     if values.get("json_body") is not None and method not in _METHODS_WITH_BODY:
-        problems.add(where, "json", "…", f"is only sent with {', '.join(_METHODS_WITH_BODY)}; set method = \"POST\" or remove json.")
+        problems.add(
+            where,
+            "json",
+            "…",
+            f'is only sent with {", ".join(_METHODS_WITH_BODY)}; set method = "POST" or remove json.',
+        )
 
     if problems.lines:
         return None
@@ -471,7 +525,9 @@ def _finish_endpoint(values: dict[str, Any], where: str, problems: _Problems) ->
     )
 
 
-def _resolve_config_path(config_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+def _resolve_config_path(
+    config_path: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> Path | None:
     if config_path is not None:
         return Path(config_path)
     if env.get("BTS_SYNC_CONFIG"):
@@ -490,21 +546,37 @@ def _read_toml(path: Path) -> dict[str, Any]:
             "Check the path given with --config or BTS_SYNC_CONFIG."
         ) from None
     except IsADirectoryError:
-        raise ConfigError(f"Configuration path {str(path)!r} is a folder; name a TOML file.") from None
+        raise ConfigError(
+            f"Configuration path {str(path)!r} is a folder; name a TOML file."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}. Fix the syntax at that line.") from None
+        raise ConfigError(
+            f"{path}: invalid TOML: {exc}. Fix the syntax at that line."
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"Configuration file {str(path)!r} could not be read: {exc.strerror}.") from None
+        raise ConfigError(
+            f"Configuration file {str(path)!r} could not be read: {exc.strerror}."
+        ) from None
 
 
-def _default_endpoint_table(env: Mapping[str, str], problems: _Problems) -> dict[str, Any]:
-    table: dict[str, Any] = {"name": DEFAULT_ENDPOINT_NAME, "url": env.get("BTS_SYNC_URL") or DEFAULT_URL}
+def _default_endpoint_table(
+    env: Mapping[str, str], problems: _Problems
+) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "name": DEFAULT_ENDPOINT_NAME,
+        "url": env.get("BTS_SYNC_URL") or DEFAULT_URL,
+    }
     interval_text = env.get("BTS_SYNC_INTERVAL")
     if interval_text:
         try:
             table["interval"] = float(interval_text)
         except ValueError:
-            problems.add("", "BTS_SYNC_INTERVAL", interval_text, "must be a number of seconds, such as 3.")
+            problems.add(
+                "",
+                "BTS_SYNC_INTERVAL",
+                interval_text,
+                "must be a number of seconds, such as 3.",
+            )
     return table
 
 
@@ -544,21 +616,34 @@ def load_settings(
         defaults = {}
     for key in ("name", "url"):
         if key in defaults:
-            problems.add("[defaults] ", key, defaults[key], "cannot be shared by all endpoints; set it in each [[endpoints]] table.")
+            problems.add(
+                "[defaults] ",
+                key,
+                defaults[key],
+                "cannot be shared by all endpoints; set it in each [[endpoints]] table.",
+            )
 
     raw_endpoints = data.get("endpoints")
     if raw_endpoints is None:
         raw_endpoints = [_default_endpoint_table(env, problems)]
     elif not isinstance(raw_endpoints, list) or not raw_endpoints:
-        problems.add("", "endpoints", raw_endpoints, "must be one or more [[endpoints]] tables.")
+        problems.add(
+            "", "endpoints", raw_endpoints, "must be one or more [[endpoints]] tables."
+        )
         raw_endpoints = []
 
     endpoints: list[Endpoint] = []
     for index, raw in enumerate(raw_endpoints):
-        label = raw.get("name", f"#{index + 1}") if isinstance(raw, dict) else f"#{index + 1}"
+        label = (
+            raw.get("name", f"#{index + 1}")
+            if isinstance(raw, dict)
+            else f"#{index + 1}"
+        )
         where = f"endpoint {label!r}: "
         if not isinstance(raw, dict):
-            problems.add_plain(f"endpoints[{index}] must be a table, written [[endpoints]].")
+            problems.add_plain(
+                f"endpoints[{index}] must be a table, written [[endpoints]]."
+            )
             continue
         endpoint = _build_endpoint(raw, defaults, where, env, problems)
         if endpoint is not None:
@@ -567,7 +652,9 @@ def load_settings(
     seen: set[str] = set()
     for endpoint in endpoints:
         if endpoint.name in seen:
-            problems.add_plain(f"endpoint name {endpoint.name!r} is used twice; give each endpoint its own name.")
+            problems.add_plain(
+                f"endpoint name {endpoint.name!r} is used twice; give each endpoint its own name."
+            )
         seen.add(endpoint.name)
 
     settings = _build_settings(data, env, redis_url, problems, tuple(endpoints), path)
@@ -584,9 +671,21 @@ def _build_settings(
     endpoints: tuple[Endpoint, ...],
     path: Path | None,
 ) -> Settings | None:
-    url = redis_url or env.get("BTS_SYNC_REDIS_URL") or env.get("REDIS_URL") or data.get("redis_url") or DEFAULT_REDIS_URL
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        problems.add("", "redis_url", url, "must start with redis://, rediss:// or unix://.")
+    url = (
+        redis_url
+        or env.get("BTS_SYNC_REDIS_URL")
+        or env.get("REDIS_URL")
+        or data.get("redis_url")
+        or DEFAULT_REDIS_URL
+    )
+    if not isinstance(url, str) or urlsplit(url).scheme not in (
+        "redis",
+        "rediss",
+        "unix",
+    ):
+        problems.add(
+            "", "redis_url", url, "must start with redis://, rediss:// or unix://."
+        )
     else:
         password = urlsplit(url).password
         if password:
@@ -594,11 +693,31 @@ def _build_settings(
 
     prefix = env.get("BTS_SYNC_KEY_PREFIX") or data.get("key_prefix", "bts_sync")
     if not isinstance(prefix, str) or not _NAME_RE.match(prefix):
-        problems.add("", "key_prefix", prefix, "must be letters, digits, '.', '_' or '-', like bts_sync.")
+        problems.add(
+            "",
+            "key_prefix",
+            prefix,
+            "must be letters, digits, '.', '_' or '-', like bts_sync.",
+        )
 
-    history = _positive_int(data.get("history_length", DEFAULT_HISTORY_LENGTH), "", "history_length", problems)
-    grace = _positive_number(data.get("watchdog_grace", DEFAULT_WATCHDOG_GRACE_S), "", "watchdog_grace", problems)
-    lead = _positive_number(data.get("dispatch_lead", DEFAULT_DISPATCH_LEAD_S), "", "dispatch_lead", problems)
+    history = _positive_int(
+        data.get("history_length", DEFAULT_HISTORY_LENGTH),
+        "",
+        "history_length",
+        problems,
+    )
+    grace = _positive_number(
+        data.get("watchdog_grace", DEFAULT_WATCHDOG_GRACE_S),
+        "",
+        "watchdog_grace",
+        problems,
+    )
+    lead = _positive_number(
+        data.get("dispatch_lead", DEFAULT_DISPATCH_LEAD_S),
+        "",
+        "dispatch_lead",
+        problems,
+    )
     if problems.lines:
         return None
     return Settings(

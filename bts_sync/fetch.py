@@ -141,7 +141,9 @@ def get_pool(verify_tls: bool) -> urllib3.PoolManager:
         return pool
 
 
-def fetch(endpoint: Endpoint, extra_headers: Mapping[str, str] | None = None) -> FetchResult:
+def fetch(
+    endpoint: Endpoint, extra_headers: Mapping[str, str] | None = None
+) -> FetchResult:
     """Send one request of ``endpoint`` and read, decode and check the response.
 
     Args:
@@ -157,7 +159,12 @@ def fetch(endpoint: Endpoint, extra_headers: Mapping[str, str] | None = None) ->
     started = time.monotonic()
     deadline = started + endpoint.deadline_s
     masked_url = mask_url(endpoint.url)
-    base = {"endpoint": endpoint.name, "method": endpoint.method, "url": masked_url, "started_at": started_at}
+    base = {
+        "endpoint": endpoint.name,
+        "method": endpoint.method,
+        "url": masked_url,
+        "started_at": started_at,
+    }
 
     response: urllib3.BaseHTTPResponse | None = None
     try:
@@ -177,8 +184,14 @@ def fetch(endpoint: Endpoint, extra_headers: Mapping[str, str] | None = None) ->
     return result
 
 
-def _send(endpoint: Endpoint, extra_headers: Mapping[str, str] | None) -> urllib3.BaseHTTPResponse:
-    headers = {"User-Agent": _USER_AGENT, "Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
+def _send(
+    endpoint: Endpoint, extra_headers: Mapping[str, str] | None
+) -> urllib3.BaseHTTPResponse:
+    headers = {
+        "User-Agent": _USER_AGENT,
+        "Accept": "application/json",
+        "Accept-Encoding": "gzip, deflate",
+    }
     headers.update(endpoint.headers)
     if extra_headers:
         headers.update(extra_headers)
@@ -220,27 +233,43 @@ def _send(endpoint: Endpoint, extra_headers: Mapping[str, str] | None) -> urllib
     )
 
 
-def _read_body(response: urllib3.BaseHTTPResponse, endpoint: Endpoint, deadline: float) -> bytes:
+def _read_body(
+    response: urllib3.BaseHTTPResponse, endpoint: Endpoint, deadline: float
+) -> bytes:
     """Read the body in chunks, enforcing the size cap and the total deadline.
 
     ``read1`` returns after one read from the socket, so a server that sends a
     byte at a time is stopped at the deadline instead of when it finishes.
     """
     declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > endpoint.max_bytes and "gzip" not in response.headers.get("Content-Encoding", ""):
-        raise _FetchFailure("too_large", f"Body of {int(declared)} bytes is over the cap of {endpoint.max_bytes} bytes (max_bytes).")
+    if (
+        declared
+        and declared.isdigit()
+        and int(declared) > endpoint.max_bytes
+        and "gzip" not in response.headers.get("Content-Encoding", "")
+    ):
+        raise _FetchFailure(
+            "too_large",
+            f"Body of {int(declared)} bytes is over the cap of {endpoint.max_bytes} bytes (max_bytes).",
+        )
 
     chunks: list[bytes] = []
     size = 0
     while True:
         if time.monotonic() > deadline:
-            raise _FetchFailure("timeout", f"Response did not finish within the deadline of {endpoint.deadline_s:g} s.")
+            raise _FetchFailure(
+                "timeout",
+                f"Response did not finish within the deadline of {endpoint.deadline_s:g} s.",
+            )
         chunk = response.read1(_CHUNK_BYTES)
         if not chunk:
             break
         size += len(chunk)
         if size > endpoint.max_bytes:
-            raise _FetchFailure("too_large", f"Body is over the cap of {endpoint.max_bytes} bytes (max_bytes).")
+            raise _FetchFailure(
+                "too_large",
+                f"Body is over the cap of {endpoint.max_bytes} bytes (max_bytes).",
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -286,7 +315,10 @@ def _build_result(
             body = json.loads(text)
             is_json = True
         except ValueError as exc:
-            error_kind, error = "invalid_json", f"Body is declared as {media_type} but is not valid JSON: {exc}."
+            error_kind, error = (
+                "invalid_json",
+                f"Body is declared as {media_type} but is not valid JSON: {exc}.",
+            )
     elif raw and text.lstrip()[:1] in ("{", "["):
         try:
             body = json.loads(text)
@@ -295,7 +327,11 @@ def _build_result(
             body = text
 
     if error_kind is None and response.status not in endpoint.success_statuses:
-        error_kind, error = "http_status", f"Unexpected status {response.status} {response.reason or ''}".rstrip() + "."
+        error_kind, error = (
+            "http_status",
+            f"Unexpected status {response.status} {response.reason or ''}".rstrip()
+            + ".",
+        )
 
     return FetchResult(
         **base,
@@ -338,7 +374,10 @@ def _classify(exc: Exception, endpoint: Endpoint) -> tuple[str, str]:
     reason: BaseException = exc
     if isinstance(exc, MaxRetryError):
         if isinstance(exc.reason, ResponseError) and "redirect" in str(exc.reason):
-            return "redirects", f"More than {endpoint.max_redirects} redirects (max_redirects); the server may be in a redirect loop."
+            return (
+                "redirects",
+                f"More than {endpoint.max_redirects} redirects (max_redirects); the server may be in a redirect loop.",
+            )
         reason = exc.reason or exc
 
     # NameResolutionError and NewConnectionError subclass ConnectTimeoutError in
@@ -348,12 +387,20 @@ def _classify(exc: Exception, endpoint: Endpoint) -> tuple[str, str]:
     if isinstance(reason, NewConnectionError) and "timed out" not in str(reason):
         return "connection", f"Connection failed: {_short(reason)}."
     if isinstance(reason, ConnectTimeoutError):
-        return "timeout", f"Connection timed out after {endpoint.connect_timeout_s:g} s."
+        return (
+            "timeout",
+            f"Connection timed out after {endpoint.connect_timeout_s:g} s.",
+        )
     if isinstance(reason, ReadTimeoutError | TimeoutError):
-        return "timeout", f"Read timed out ({endpoint.read_timeout_s:g} s per read, {endpoint.deadline_s:g} s in all)."
+        return (
+            "timeout",
+            f"Read timed out ({endpoint.read_timeout_s:g} s per read, {endpoint.deadline_s:g} s in all).",
+        )
     if isinstance(reason, SSLError):
         return "tls", f"TLS failed: {_short(reason)}."
-    if isinstance(reason, NewConnectionError | ProxyError | ProtocolError | ConnectionError):
+    if isinstance(
+        reason, NewConnectionError | ProxyError | ProtocolError | ConnectionError
+    ):
         return "connection", f"Connection failed: {_short(reason)}."
     if isinstance(reason, DecodeError):
         return "connection", f"Body could not be decompressed: {_short(reason)}."
@@ -361,7 +408,10 @@ def _classify(exc: Exception, endpoint: Endpoint) -> tuple[str, str]:
         return "connection", f"Request could not be sent: {_short(reason)}."
 
     logger.exception("Fetch of endpoint %r failed in bts-sync itself.", endpoint.name)
-    return "internal", f"Internal error in bts-sync: {type(exc).__name__}: {_short(exc)}."
+    return (
+        "internal",
+        f"Internal error in bts-sync: {type(exc).__name__}: {_short(exc)}.",
+    )
 
 
 def _short(exc: BaseException) -> str:
@@ -378,10 +428,19 @@ def _log(result: FetchResult) -> None:
     if result.ok:
         logger.debug(
             "Fetched endpoint %r: %s %s %s in %.0f ms, %d bytes.",
-            result.endpoint, result.method, result.url, result.status, result.elapsed_ms, result.size,
+            result.endpoint,
+            result.method,
+            result.url,
+            result.status,
+            result.elapsed_ms,
+            result.size,
         )
     else:
         logger.debug(
             "Fetch of endpoint %r failed (%s): %s %s: %s",
-            result.endpoint, result.error_kind, result.method, result.url, result.error,
+            result.endpoint,
+            result.error_kind,
+            result.method,
+            result.url,
+            result.error,
         )

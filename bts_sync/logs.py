@@ -77,7 +77,12 @@ def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
         from rich.logging import RichHandler
 
         # Markup stays off: messages carry URLs and server text with brackets.
-        handler = RichHandler(console=Console(file=stream), markup=False, rich_tracebacks=False, show_path=False)
+        handler = RichHandler(
+            console=Console(file=stream),
+            markup=False,
+            rich_tracebacks=False,
+            show_path=False,
+        )
     elif log_format == "json":
         handler = logging.StreamHandler(stream)
         handler.setFormatter(JsonFormatter())
@@ -88,7 +93,9 @@ def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
     return handler
 
 
-def configure_logging(log_format: str = "auto", level: int | str = logging.WARNING, stream: Any = None) -> None:
+def configure_logging(
+    log_format: str = "auto", level: int | str = logging.WARNING, stream: Any = None
+) -> None:
     """Replace the root logger's handlers with one handler of ``log_format``."""
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -46,10 +46,15 @@ def status_line(result: FetchResult) -> Text:
     """Build the one-line summary: method, URL, status, elapsed time and size."""
     line = Text.assemble((result.method, "bold"), " ", (result.url, "cyan"), " ")
     if result.status is not None:
-        line.append(f"{result.status} {result.reason}".rstrip(), style=status_style(result.status, result.ok))
+        line.append(
+            f"{result.status} {result.reason}".rstrip(),
+            style=status_style(result.status, result.ok),
+        )
     else:
         line.append(result.error_kind or "failed", style="bold red")
-    line.append(f"  {result.elapsed_ms:.0f} ms  {format_size(result.size)}", style="dim")
+    line.append(
+        f"  {result.elapsed_ms:.0f} ms  {format_size(result.size)}", style="dim"
+    )
     return line
 
 
@@ -75,17 +80,24 @@ def body_renderable(body: Any, is_json: bool, max_lines: int | None) -> Renderab
     if max_lines is not None and len(lines) > max_lines:
         hidden = len(lines) - max_lines
         text = "\n".join(lines[:max_lines])
-        cut_note = Text(f"… {hidden} more lines; use --full to show them, or --json.", style="dim italic")
+        cut_note = Text(
+            f"… {hidden} more lines; use --full to show them, or --json.",
+            style="dim italic",
+        )
 
     body_part: RenderableType
     if is_json:
-        body_part = Syntax(text, "json", theme="ansi_dark", word_wrap=True, background_color="default")
+        body_part = Syntax(
+            text, "json", theme="ansi_dark", word_wrap=True, background_color="default"
+        )
     else:
         body_part = Text(text)
     return Group(body_part, cut_note) if cut_note is not None else body_part
 
 
-def print_result(console: Console, result: FetchResult, verbose: bool = False, full: bool = False) -> None:
+def print_result(
+    console: Console, result: FetchResult, verbose: bool = False, full: bool = False
+) -> None:
     """Print a poll result for a person.
 
     Args:
@@ -96,7 +108,14 @@ def print_result(console: Console, result: FetchResult, verbose: bool = False, f
     """
     console.print(status_line(result))
     if result.error:
-        console.print(Text.assemble(("error ", "bold red"), (result.error_kind or "", "red"), ": ", result.error))
+        console.print(
+            Text.assemble(
+                ("error ", "bold red"),
+                (result.error_kind or "", "red"),
+                ": ",
+                result.error,
+            )
+        )
     if verbose and result.headers:
         console.print(headers_table(dict(result.headers)))
     if result.body is not None and result.body != "":
