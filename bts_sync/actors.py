@@ -109,7 +109,9 @@ class ChainMiddleware(Middleware):
         if threading.current_thread() is threading.main_thread():
             _merge_repeated_sigterm()
 
-    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        # NOTE: after, not before: until the worker threads have stopped, they
+        # may still claim slots and hand polls to the launcher.
         launcher = _launcher_if_started()
         if launcher is not None:
             finished = launcher.shutdown(
@@ -193,6 +195,21 @@ def _launcher_if_started() -> PollLauncher | None:
         if _state.get("launcher_pid") == os.getpid():
             return _state.get("launcher")
         return None
+
+
+def queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Count the messages of the bts-sync queue: ready, delayed and dead-lettered.
+
+    Delayed messages that a worker has already fetched into memory are counted
+    as delayed too, because they stay in the queue's message hash until acked.
+    """
+    base = f"{broker.namespace}:{QUEUE_NAME}"
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(base)
+    pipe.hlen(f"{base}.DQ.msgs")
+    pipe.zcard(f"{base}.XQ")
+    ready, delayed, dead = pipe.execute()
+    return {"ready": int(ready), "delayed": int(delayed), "dead": int(dead)}
 
 
 def now_ms() -> int:
@@ -284,7 +301,16 @@ def poll_endpoint(name: str, token: str, slot_ms: int) -> None:
             plan.next_slot_ms,
         )
     if plan.poll:
-        _launcher().submit(slot_ms / 1000, lambda: run_slot(endpoint, token, slot_ms))
+        try:
+            _launcher().submit(
+                slot_ms / 1000, lambda: run_slot(endpoint, token, slot_ms)
+            )
+        except RuntimeError:
+            logger.warning(
+                "Worker is stopping, so slot %d of endpoint %r is not polled.",
+                slot_ms,
+                name,
+            )
 
 
 def run_slot(endpoint: Endpoint, token: str, slot_ms: int) -> None:

@@ -226,6 +226,22 @@ def show_config(ctx: click.Context, as_json: bool) -> None:
     make_console().print(Pretty(data, expand_all=True))
 
 
+def _add_chain_commands() -> None:
+    from bts_sync import commands
+
+    for command in (
+        commands.start,
+        commands.stop,
+        commands.status,
+        commands.show,
+        commands.run,
+    ):
+        cli.add_command(command)
+
+
+_add_chain_commands()
+
+
 def main() -> NoReturn:
     """Run the command line; the console script ``bts-sync`` calls this."""
     cli.main(prog_name="bts-sync")

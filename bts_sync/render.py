@@ -122,3 +122,97 @@ def print_result(
         console.print()
         max_lines = None if full or not console.is_terminal else MAX_BODY_LINES
         console.print(body_renderable(result.body, result.is_json, max_lines))
+
+
+def format_age(seconds: float | None) -> str:
+    """Format a duration in the past for people, such as ``4 s ago``."""
+    if seconds is None:
+        return "never"
+    if seconds < 0:
+        return f"in {format_duration(-seconds)}"
+    return f"{format_duration(seconds)} ago"
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as ``850 ms``, ``4.2 s``, ``12 s``, ``3 min`` or ``2 h``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
+_STATE_STYLES = {
+    "running": "green",
+    "stalled": "bold yellow",
+    "stopped": "dim",
+    "backing off": "yellow",
+    "paused": "yellow",
+}
+
+
+def status_table(rows: list[dict[str, Any]], now_s: float) -> Table:
+    """Build the table of endpoint states that ``status`` and ``run`` show.
+
+    Args:
+        rows: One dict per endpoint, as built by ``bts_sync.commands.collect_status``.
+        now_s: Current Unix time, for ages and due times.
+    """
+    table = Table(expand=False, header_style="bold", pad_edge=False)
+    for column in (
+        "endpoint",
+        "state",
+        "every",
+        "last poll",
+        "result",
+        "took",
+        "late",
+        "next",
+        "failed",
+        "changes",
+    ):
+        table.add_column(column, no_wrap=True)
+
+    for row in rows:
+        latest = row.get("latest", {})
+        ok = latest.get("ok") == "1"
+        result = Text("—", style="dim")
+        if latest.get("status") or latest.get("error_kind"):
+            label = latest.get("status") or latest.get("error_kind", "")
+            if not ok and latest.get("error_kind") and latest.get("status"):
+                label = f"{latest['status']} {latest['error_kind']}"
+            status_number = (
+                int(latest["status"]) if latest.get("status", "").isdigit() else None
+            )
+            result = Text(label, style=status_style(status_number, ok))
+        last_time = float(latest["time"]) if latest.get("time") else None
+        next_due = row.get("next_due_s")
+        table.add_row(
+            Text(row["name"]),
+            Text(row["state"], style=_STATE_STYLES.get(row["state"], "")),
+            f"{row['interval_s']:g} s",
+            format_age(now_s - last_time if last_time else None),
+            result,
+            f"{float(latest['elapsed_ms']):.0f} ms"
+            if latest.get("elapsed_ms")
+            else "—",
+            f"{float(latest['lateness_ms']):.0f} ms"
+            if latest.get("lateness_ms")
+            else "—",
+            format_age(now_s - next_due) if next_due else "—",
+            f"{row['consecutive_failures']}/{row['failures']}",
+            str(row["changes"]),
+        )
+    return table
+
+
+def queue_line(depths: dict[str, int]) -> Text:
+    """Build the one-line summary of queue depths."""
+    return Text.assemble(
+        ("queue ", "bold"),
+        f"ready {depths.get('ready', 0)}  delayed {depths.get('delayed', 0)}  dead-lettered {depths.get('dead', 0)}",
+    )
