@@ -285,11 +285,8 @@ def poll_endpoint(name: str, token: str, slot_ms: int) -> None:
             return
         send_poll(name, token, plan.next_slot_ms, int(SETTINGS.dispatch_lead_s * 1000))
     except redis.RedisError as exc:
-        logger.warning(
-            "Redis failed while scheduling endpoint %r slot %d (%s); the watchdog will re-seed the chain.",
-            name,
-            slot_ms,
-            describe(exc),
+        _warn_redis_failure(
+            "scheduling", name, slot_ms, exc, "the watchdog will re-seed the chain"
         )
         return
 
@@ -313,6 +310,39 @@ def poll_endpoint(name: str, token: str, slot_ms: int) -> None:
             )
 
 
+#: Seconds between two warnings about Redis failures in one process; the
+#: failures in between are counted and reported with the next warning.
+REDIS_WARNING_INTERVAL_S = 10.0
+
+_redis_warnings = {"last": 0.0, "suppressed": 0}
+
+
+def _warn_redis_failure(
+    action: str, name: str, slot_ms: int, exc: Exception, consequence: str
+) -> None:
+    """Log a Redis failure at WARNING, at most once per ``REDIS_WARNING_INTERVAL_S``.
+
+    With Redis down, every slot of every endpoint fails the same way; one line
+    every few seconds with a count says as much as hundreds per second.
+    """
+    with _state_lock:
+        now = time.monotonic()
+        if now - _redis_warnings["last"] < REDIS_WARNING_INTERVAL_S:
+            _redis_warnings["suppressed"] += 1
+            return
+        suppressed = int(_redis_warnings["suppressed"])
+        _redis_warnings.update(last=now, suppressed=0)
+    logger.warning(
+        "Redis failed while %s endpoint %r slot %d (%s); %s. %d similar failures since the last warning.",
+        action,
+        name,
+        slot_ms,
+        describe(exc),
+        consequence,
+        suppressed,
+    )
+
+
 def run_slot(endpoint: Endpoint, token: str, slot_ms: int) -> None:
     """Poll a claimed slot at its due time and record the result.
 
@@ -327,11 +357,8 @@ def run_slot(endpoint: Endpoint, token: str, slot_ms: int) -> None:
             client, prefix, endpoint.name, token, slot_ms, lock_ms
         )
     except redis.RedisError as exc:
-        logger.warning(
-            "Redis failed before polling endpoint %r slot %d (%s); slot skipped.",
-            endpoint.name,
-            slot_ms,
-            describe(exc),
+        _warn_redis_failure(
+            "starting the poll of", endpoint.name, slot_ms, exc, "slot skipped"
         )
         return
     if started != "ok":
@@ -383,12 +410,7 @@ def _record(
             ),
         )
     except redis.RedisError as exc:
-        logger.warning(
-            "Redis failed while recording endpoint %r slot %d (%s); result lost.",
-            endpoint.name,
-            slot_ms,
-            describe(exc),
-        )
+        _warn_redis_failure("recording", endpoint.name, slot_ms, exc, "result lost")
         return
 
     fields = {
