@@ -39,7 +39,7 @@ WEBHOOK_TIMEOUT_S = 5.0
 #: Seconds waited after the first failed delivery; doubled after each further one.
 WEBHOOK_FIRST_PAUSE_S = 1.0
 
-#: Longest error text carried in an alert, in characters.
+#: Maximum length of the error text in an alert, in characters.
 MAX_REASON_LENGTH = 300
 
 
@@ -226,8 +226,8 @@ def report(
     """Log the alert and, with a webhook, send it in the background.
 
     Returns:
-        The pending delivery, whose result tells whether the webhook accepted
-        it; None without a webhook.
+        The pending delivery, whose result is whether the webhook accepted
+        it, or None without a webhook.
     """
     fields = {"endpoint": alert.endpoint, "alert": alert.event, "reason": alert.reason}
     if alert.event == "unhealthy":

@@ -1,8 +1,8 @@
 """The web dashboard: a server-rendered page, a JSON API, actions and ``/metrics``.
 
-Flask renders the page and an HTML fragment of it, which a few lines of plain
-JavaScript fetch every two seconds; nothing needs a build step. Waitress serves
-it (see ``serve``).
+Flask renders the page and an HTML fragment of it. A few lines of plain
+JavaScript fetch the fragment every two seconds, so nothing needs a build step.
+Waitress serves the application (see ``serve``).
 
 Access rules:
 
@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import redis
 from flask import Flask, Response, jsonify, redirect, render_template, request
+from jinja2 import Undefined
 
 from bts_sync import chain, deadletters, metrics
 from bts_sync.charts import chart, sparkline_points
@@ -44,7 +45,7 @@ from bts_sync.redact import mask_url
 
 logger = logging.getLogger(__name__)
 
-#: Name of the cookie that holds the signed-in session.
+#: Name of the cookie that contains the signed-in session.
 SESSION_COOKIE = "bts_sync_session"
 
 #: Shortest accepted dashboard token, in characters.
@@ -76,7 +77,7 @@ def _derive(token: str, purpose: str) -> str:
 
 @dataclass(frozen=True)
 class Access:
-    """Who may do what on a dashboard.
+    """Access rules of a dashboard.
 
     Attributes:
         token: The dashboard token.
@@ -112,7 +113,7 @@ class Access:
 
 
 class Monitor:
-    """What the dashboard reads and changes, over the imported ``bts_sync.actors`` module."""
+    """Reads and actions of the dashboard, over the imported ``bts_sync.actors`` module."""
 
     def __init__(self, actors: Any) -> None:
         self.actors = actors
@@ -405,9 +406,11 @@ def _register_filters(app: Flask) -> None:
 
     @app.template_filter("ms")
     def milliseconds(value: Any) -> str:
+        if isinstance(value, Undefined) or value in (None, ""):
+            return "—"
         try:
             return f"{float(value):.0f} ms"
-        except (TypeError, ValueError):
+        except ValueError:
             return "—"
 
 

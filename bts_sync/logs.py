@@ -1,7 +1,7 @@
 """Logging set-up for the command line and the worker processes.
 
 Library modules only create loggers; handlers are attached here, and only by
-entry points (the CLI, and the worker when ``BTS_SYNC_LOG_FORMAT`` asks for it).
+entry points (the CLI, and the worker when ``BTS_SYNC_LOG_FORMAT`` is ``json``).
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ LATENESS_BUCKETS_S = (
     5.0,
 )
 
-#: Chain states exported as 0 or 1, so that each has a series; a state not in
-#: this list is exported too while an endpoint is in it.
+#: Chain states exported as 0 or 1, so that each state has a series. A state
+#: missing from this list is exported too while an endpoint is in it.
 CHAIN_STATES = ("running", "stalled", "stopped", "paused", "backing off")
 
 #: Fields of the stats hash that are not counters, or that other metrics cover.
@@ -109,7 +109,7 @@ def queue_observation(
 
 @dataclass
 class EndpointSnapshot:
-    """What Redis holds about one endpoint at scrape time.
+    """Numbers that Redis contains about one endpoint at scrape time.
 
     Attributes:
         name: Endpoint name.

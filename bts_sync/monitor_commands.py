@@ -15,7 +15,7 @@ import click
 
 from bts_sync.cli import EXIT_USAGE, CliError
 
-#: Environment variable that holds the dashboard token.
+#: Environment variable that contains the dashboard token.
 TOKEN_VARIABLE = "BTS_SYNC_DASHBOARD_TOKEN"
 
 
@@ -72,7 +72,7 @@ def watch(ctx: click.Context, interval: float) -> None:
     default="127.0.0.1",
     help=f"Address to listen on; any address other than loopback needs {TOKEN_VARIABLE}.",
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="TCP port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="TCP port.")
 @click.option(
     "--threads", type=click.IntRange(1, 64), default=8, help="Request threads."
 )

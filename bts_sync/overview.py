@@ -1,9 +1,9 @@
 """The monitoring overview that ``watch`` and the dashboard show.
 
-``build_overview`` adds to ``collect_status`` what a person needs at a glance:
-the masked URL, health, success rate over the last hour, the latest polls for
-a trend, every counter of the stats hash, and the workers seen in the last
-minute. The per-endpoint history streams are read incrementally by a
+``build_overview`` adds to ``collect_status`` what a person needs at a glance.
+It adds the masked URL, health, the success rate over the last hour, the
+latest polls for a trend, every counter of the stats hash, and the workers
+seen in the last minute. The per-endpoint history streams are read incrementally by a
 ``HistoryCache``, so a view refreshed every second reads only the polls that
 are new since the last refresh.
 """
@@ -11,7 +11,6 @@ are new since the last refresh.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -115,32 +114,21 @@ class HistoryCache:
     """The kept history of each endpoint, in memory, refreshed incrementally.
 
     Each refresh reads only the entries newer than the last one seen, in one
-    pipeline for all endpoints. When a stream was deleted or replaced (its
-    newest entry is older than the last one seen), the endpoint is read anew.
+    pipeline for all endpoints. When the last entry seen is no longer in the
+    stream, the endpoint is read anew.
     It is safe to share between threads.
     """
 
-    def __init__(self, prefix: str, length: int, min_refresh_s: float = 0.5) -> None:
+    def __init__(self, prefix: str, length: int) -> None:
         self.prefix = prefix
         self.length = length
-        self.min_refresh_s = min_refresh_s
         self._points: dict[str, deque[PollPoint]] = {}
         self._lock = threading.Lock()
-        self._refreshed_at = 0.0
-        self._refreshed_names: tuple[str, ...] = ()
 
     def refresh(self, client: redis.Redis, names: list[str]) -> None:
         """Read the new history entries of the named endpoints."""
         with self._lock:
-            now = time.monotonic()
-            if (
-                tuple(names) == self._refreshed_names
-                and now - self._refreshed_at < self.min_refresh_s
-            ):
-                return
             self._refresh(client, names)
-            self._refreshed_at = time.monotonic()
-            self._refreshed_names = tuple(names)
 
     def _refresh(self, client: redis.Redis, names: list[str]) -> None:
         pipe = client.pipeline(transaction=False)
@@ -149,7 +137,7 @@ class HistoryCache:
             points = self._points.get(name)
             if points:
                 pipe.xrevrange(key, "+", f"({points[-1].id}", count=self.length)
-                pipe.xrevrange(key, "+", "-", count=1)
+                pipe.xrange(key, points[-1].id, points[-1].id)
             else:
                 pipe.xrevrange(key, "+", "-", count=self.length)
                 pipe.echo("")
@@ -158,11 +146,10 @@ class HistoryCache:
         reload = []
         for index, name in enumerate(names):
             new_entries = _decode_entries(replies[2 * index])
-            newest = _decode_entries(replies[2 * index + 1] or [])
             points = self._points.setdefault(name, deque(maxlen=self.length))
-            if points and (
-                not newest or _stream_id(newest[0][0]) < _stream_id(points[-1].id)
-            ):
+            if points and not replies[2 * index + 1]:
+                # The last entry seen is gone: the stream was deleted, or
+                # trimmed past it because the cache fell far behind.
                 reload.append(name)
                 continue
             for entry_id, fields in reversed(new_entries):

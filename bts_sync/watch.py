@@ -68,7 +68,12 @@ def _result_cell(latest: dict[str, Any]) -> Text:
 def _rate_cell(rate: float | None) -> Text:
     if rate is None:
         return Text("—", style="dim")
-    style = "green" if rate >= 0.99 else "yellow" if rate >= 0.9 else "bold red"
+    if rate >= 0.99:
+        style = "green"
+    elif rate >= 0.9:
+        style = "yellow"
+    else:
+        style = "bold red"
     return Text(f"{rate * 100:.1f} %", style=style)
 
 

@@ -42,7 +42,7 @@ def wait_until(
     """Call ``condition`` until it returns a true value, and return that value.
 
     Raises:
-        AssertionError: ``timeout_s`` passed first; the message says what was
+        AssertionError: ``timeout_s`` passed first; the message states what was
             expected.
     """
     deadline = time.monotonic() + timeout_s
@@ -163,25 +163,34 @@ def bts_sync_command(*args: str) -> list[str]:
     return [str(BIN_DIR / "bts-sync"), *args]
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def http_request(
     url: str,
     method: str = "GET",
     headers: dict[str, str] | None = None,
     data: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """Send one request and return the status, headers and body, for any status."""
+    """Send one request and return the status, headers and body, for any status.
+
+    Redirects are returned, not followed, so that their cookies can be read.
+    """
     request = urllib.request.Request(
         url, method=method, headers=headers or {}, data=data
     )
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with opener.open(request, timeout=10) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
 
 
 def wait_for_http(url: str, timeout_s: float) -> None:
-    """Wait until ``url`` answers with any HTTP status."""
+    """Wait until ``url`` responds with any HTTP status."""
 
     def answers() -> bool:
         try:

@@ -78,14 +78,14 @@ def _settings(threshold: int = 3) -> Settings:
 def test_history_cache_reads_kept_polls(client: redis.Redis) -> None:
     for ok in (True, False, True):
         _record(client, ok)
-    cache = HistoryCache(PREFIX, length=100, min_refresh_s=0)
+    cache = HistoryCache(PREFIX, length=100)
     cache.refresh(client, ["orders"])
     assert [p.ok for p in cache.points("orders")] == [True, False, True]
 
 
 def test_history_cache_adds_only_new_polls(client: redis.Redis) -> None:
     _record(client, True)
-    cache = HistoryCache(PREFIX, length=100, min_refresh_s=0)
+    cache = HistoryCache(PREFIX, length=100)
     cache.refresh(client, ["orders"])
     _record(client, False)
     cache.refresh(client, ["orders"])
@@ -97,7 +97,7 @@ def test_history_cache_adds_only_new_polls(client: redis.Redis) -> None:
 def test_history_cache_rereads_replaced_stream(client: redis.Redis) -> None:
     _record(client, True)
     _record(client, True)
-    cache = HistoryCache(PREFIX, length=100, min_refresh_s=0)
+    cache = HistoryCache(PREFIX, length=100)
     cache.refresh(client, ["orders"])
     client.delete(store.history_key(PREFIX, "orders"))
     client.xadd(store.history_key(PREFIX, "orders"), {"ok": "0"}, id="1-1")
@@ -108,7 +108,7 @@ def test_history_cache_rereads_replaced_stream(client: redis.Redis) -> None:
 def test_history_cache_keeps_configured_length(client: redis.Redis) -> None:
     for _ in range(5):
         _record(client, True)
-    cache = HistoryCache(PREFIX, length=3, min_refresh_s=0)
+    cache = HistoryCache(PREFIX, length=3)
     cache.refresh(client, ["orders"])
     assert len(cache.points("orders")) == 3
 
@@ -212,6 +212,7 @@ def test_metrics_histograms_are_cumulative(client: redis.Redis) -> None:
     for elapsed_ms in (3.0, 40.0, 40.0, 20_000.0):
         metrics.queue_observation(pipe, PREFIX, "orders", "ok", elapsed_ms, 2.0)
     pipe.execute()
+
     observations = metrics._numbers(
         client.hgetall(metrics.metrics_key(PREFIX, "orders"))
     )
@@ -228,6 +229,7 @@ def test_metrics_histograms_are_cumulative(client: redis.Redis) -> None:
         queue={"ready": 0, "delayed": 0, "dead": 0},
         workers=0,
     )
+
     samples = {
         (s.name, s.labels.get("le")): s.value
         for family in text_string_to_metric_families(metrics.render(snap).decode())
