@@ -27,14 +27,16 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware, Retries, ShutdownNotifications, TimeLimit
 from periodiq import PeriodiqMiddleware, cron
 
-from bts_sync import chain
+from bts_sync import chain, hooks
 from bts_sync.config import Endpoint, Settings, load_settings
 from bts_sync.connection import connect, describe
 from bts_sync.errors import BtsSyncError, UnknownEndpointError
 from bts_sync.fetch import FetchResult, fetch
 from bts_sync.launcher import PollLauncher
+from bts_sync.logs import apply_format_from_environment
 from bts_sync.redact import mask_url
 from bts_sync.store import PollRecord, record_poll
+from bts_sync.worker_registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +157,7 @@ def build_broker(settings: Settings) -> _PatientRedisBroker:
         Retries(max_retries=0),
         PeriodiqMiddleware(skip_delay=30),
         ChainMiddleware(),
+        WorkerRegistry(settings.redis_url, settings.key_prefix),
     ]
     return _PatientRedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
@@ -163,6 +166,7 @@ def build_broker(settings: Settings) -> _PatientRedisBroker:
     )
 
 
+apply_format_from_environment()
 SETTINGS = _load_settings_or_exit()
 broker = build_broker(SETTINGS)
 dramatiq.set_broker(broker)
@@ -444,6 +448,7 @@ def _record(
             lateness_ms,
             extra=fields,
         )
+    hooks.after_poll(client, SETTINGS, endpoint.name, result, lateness_ms)
 
 
 @dramatiq.actor(
@@ -468,9 +473,11 @@ def reseed_stalled_chains(client: redis.Redis) -> list[str]:
     states = chain.read_states(client, prefix, names)
     grace_ms = int(SETTINGS.watchdog_grace_s * 1000)
     reseeded = []
+    stalled: dict[str, int] = {}
     for name, state in states.items():
         if not state.is_stalled(now_ms(), grace_ms) or state.token is None:
             continue
+        stalled[name] = now_ms() - state.last_activity_ms()
         try:
             endpoint = SETTINGS.endpoint(name)
         except UnknownEndpointError:
@@ -489,4 +496,5 @@ def reseed_stalled_chains(client: redis.Redis) -> list[str]:
                 state.slot_ms,
             )
             reseeded.append(name)
+    hooks.after_watchdog_check(client, SETTINGS, stalled)
     return reseeded

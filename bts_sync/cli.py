@@ -227,7 +227,7 @@ def show_config(ctx: click.Context, as_json: bool) -> None:
 
 
 def _add_chain_commands() -> None:
-    from bts_sync import commands
+    from bts_sync import commands, monitor_commands
 
     for command in (
         commands.start,
@@ -235,6 +235,8 @@ def _add_chain_commands() -> None:
         commands.status,
         commands.show,
         commands.run,
+        monitor_commands.watch,
+        monitor_commands.dashboard,
     ):
         cli.add_command(command)
 

@@ -69,6 +69,10 @@ DEFAULT_WATCHDOG_GRACE_S = 10.0
 #: (1000 ms by default) each, so that the poll itself can start on time.
 DEFAULT_DISPATCH_LEAD_S = 2.5
 
+#: Consecutive failed polls after which an endpoint counts as unhealthy and an
+#: alert is sent.
+DEFAULT_ALERT_AFTER_FAILURES = 3
+
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 _METHODS_WITH_BODY = ("POST", "PUT", "PATCH")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -149,6 +153,9 @@ class Settings:
         watchdog_grace_s: Seconds a chain may be late, beyond one interval,
             before the watchdog re-seeds it.
         dispatch_lead_s: Seconds before a slot at which its message is released.
+        alert_webhook: URL that alerts are POSTed to as JSON, or None.
+        alert_after_failures: Consecutive failed polls that make an endpoint
+            unhealthy.
         source: The file the settings came from, or None for defaults only.
     """
 
@@ -158,6 +165,8 @@ class Settings:
     history_length: int = DEFAULT_HISTORY_LENGTH
     watchdog_grace_s: float = DEFAULT_WATCHDOG_GRACE_S
     dispatch_lead_s: float = DEFAULT_DISPATCH_LEAD_S
+    alert_webhook: str | None = None
+    alert_after_failures: int = DEFAULT_ALERT_AFTER_FAILURES
     source: Path | None = None
 
     def endpoint(self, name: str) -> Endpoint:
@@ -186,6 +195,10 @@ class Settings:
             "history_length": self.history_length,
             "watchdog_grace": self.watchdog_grace_s,
             "dispatch_lead": self.dispatch_lead_s,
+            "alert_webhook": mask_webhook_url(self.alert_webhook)
+            if self.alert_webhook
+            else None,
+            "alert_after_failures": self.alert_after_failures,
             "endpoints": [e.to_public_dict() for e in self.endpoints],
         }
 
@@ -381,6 +394,8 @@ _TOP_LEVEL_KEYS = {
     "history_length",
     "watchdog_grace",
     "dispatch_lead",
+    "alert_webhook",
+    "alert_after_failures",
     "defaults",
     "endpoints",
 }
@@ -718,6 +733,13 @@ def _build_settings(
         "dispatch_lead",
         problems,
     )
+    webhook = _alert_webhook(data, env, problems)
+    alert_after = _positive_int(
+        data.get("alert_after_failures", DEFAULT_ALERT_AFTER_FAILURES),
+        "",
+        "alert_after_failures",
+        problems,
+    )
     if problems.lines:
         return None
     return Settings(
@@ -727,8 +749,51 @@ def _build_settings(
         history_length=history,
         watchdog_grace_s=grace,
         dispatch_lead_s=lead,
+        alert_webhook=webhook,
+        alert_after_failures=alert_after,
         source=path,
     )
+
+
+def _alert_webhook(
+    data: Mapping[str, Any], env: Mapping[str, str], problems: _Problems
+) -> str | None:
+    """Read and check ``alert_webhook``; ``BTS_SYNC_ALERT_WEBHOOK`` wins over the file.
+
+    The whole URL is registered as a secret, because webhook services such as
+    Slack put the credential in the path.
+    """
+    url = env.get("BTS_SYNC_ALERT_WEBHOOK") or data.get("alert_webhook")
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        problems.add("", "alert_webhook", url, "must be an http:// or https:// URL.")
+        return None
+    url = _substitute(url, env, "", "alert_webhook", problems)
+    register_secret(url)
+    path = urlsplit(url).path
+    if len(path) > 1:
+        register_secret(path)
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        problems.add(
+            "",
+            "alert_webhook",
+            mask_webhook_url(url),
+            "must be an http:// or https:// URL, like https://hooks.example.com/services/T0/B0/XYZ.",
+        )
+        return None
+    return url
+
+
+def mask_webhook_url(url: str) -> str:
+    """Show only the scheme and host of a webhook URL; its path is often the credential."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "***"
+    return f"{parts.scheme}://{host}{port}/***"
 
 
 def ad_hoc_endpoint(url: str, base: Endpoint | None = None) -> Endpoint:

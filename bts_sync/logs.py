@@ -1,7 +1,7 @@
 """Logging set-up for the command line and the worker processes.
 
 Library modules only create loggers; handlers are attached here, and only by
-entry points (the CLI, and the worker when ``BTS_SYNC_LOG_FORMAT`` asks for it).
+entry points (the CLI, and the worker when ``BTS_SYNC_LOG_FORMAT`` is ``json``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import weakref
 from typing import Any
 
 from bts_sync.redact import RedactingFilter
@@ -34,6 +35,8 @@ JSON_FIELDS = (
     "changed",
     "error_kind",
     "message_id",
+    "alert",
+    "reason",
 )
 
 
@@ -57,6 +60,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
+
+
+#: Handlers made by ``make_handler``; the command line chose their format.
+_own_handlers: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
 
 
 def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
@@ -90,6 +97,7 @@ def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
     handler.addFilter(RedactingFilter())
+    _own_handlers.add(handler)
     return handler
 
 
@@ -102,3 +110,26 @@ def configure_logging(
         root.removeHandler(handler)
     root.addHandler(make_handler(log_format, stream))
     root.setLevel(level)
+
+
+def apply_format_from_environment(env: Any = None) -> None:
+    """Switch the root logger's handlers to JSON lines when ``BTS_SYNC_LOG_FORMAT=json``.
+
+    The worker (``dramatiq``) and the scheduler (``periodiq``) configure
+    logging themselves before they import ``bts_sync.actors``, which calls
+    this. Each handler keeps its stream, so Dramatiq's worker processes still
+    write through the pipe that their parent process copies to standard error.
+    Handlers made by ``make_handler`` are left alone, because the command line
+    chose their format and ``--log-format`` wins over the variable.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    if env.get("BTS_SYNC_LOG_FORMAT", "").lower() != "json":
+        return
+    for handler in logging.getLogger().handlers:
+        if handler in _own_handlers:
+            continue
+        handler.setFormatter(JsonFormatter())
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
