@@ -409,7 +409,7 @@ def _describe_hold(hold: politeness.Hold, now: int) -> str:
     if hold.backoff_until_ms is not None:
         parts.append(
             f" Backing off for {max(0, hold.backoff_until_ms - now) / 1000:.1f} s "
-            f"after {hold.backoff_streak} unsuccessful polls in a row."
+            f"({hold.backoff_streak} unsuccessful in a row)."
         )
     return "".join(parts)
 

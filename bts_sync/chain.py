@@ -269,9 +269,9 @@ class PollStart:
     """What the fire-time check of a slot decided, and what the poll needs.
 
     Attributes:
-        outcome: ``ok`` to poll; otherwise the slot is skipped because the
-            chain was ``stopped``, the endpoint is ``paused`` or
-            ``backing_off``, or the previous poll still runs (``overlap``).
+        outcome: ``ok`` to poll. Any other value skips the slot: ``stopped``
+            (the token is gone), ``paused``, ``backing_off``, or ``overlap``
+            (the previous poll still runs).
         held_until_ms: End of the pause or back-off that skipped the slot.
         etag: ``ETag`` of the last good response, or None.
         last_modified: ``Last-Modified`` of the last good response, or None.

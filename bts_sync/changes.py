@@ -1,4 +1,4 @@
-"""What counts as a change: the content hash of a response, narrowed by JSONPath.
+"""Content hashes of responses, narrowed by JSONPath, which decide what counts as a change.
 
 By default the hash covers the whole body. An endpoint's ``ignore_paths``
 remove values from a copy of the body before hashing (timestamps, request ids),

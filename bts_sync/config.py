@@ -64,7 +64,7 @@ DEFAULT_HISTORY_LENGTH = 1000
 #: the watchdog re-seeds it.
 DEFAULT_WATCHDOG_GRACE_S = 10.0
 
-#: Longest pause, in seconds, that a ``Retry-After`` header can impose by default.
+#: Maximum pause, in seconds, that a ``Retry-After`` header can impose by default.
 DEFAULT_MAX_RETRY_AFTER_S = 600.0
 
 #: Consecutive failures after which polling backs off, by default.
@@ -115,7 +115,7 @@ class BackoffPolicy:
         after_failures: Consecutive failures before the first back-off.
         initial_s: First back-off delay, in seconds.
         multiplier: Growth factor from one delay to the next, 1 or more.
-        max_s: Longest delay, in seconds.
+        max_s: Maximum delay, in seconds.
         jitter: Share of each delay, from 0 up to (not including) 1, that is
             randomly taken off.
     """
@@ -172,7 +172,7 @@ class Endpoint:
         success_statuses: Status codes that count as success; 2xx by default.
         conditional_requests: Whether polls send ``If-None-Match`` and
             ``If-Modified-Since`` from the last response's validators.
-        max_retry_after_s: Longest pause, in seconds, that a ``Retry-After``
+        max_retry_after_s: Maximum pause, in seconds, that a ``Retry-After``
             header of a 429 or 503 response can impose.
         backoff: How polling slows down after failures, or None to keep the
             interval.

@@ -32,13 +32,16 @@ logger = logging.getLogger(__name__)
 def build_change(
     endpoint: Endpoint, result: FetchResult, change: ChangeEvent
 ) -> dict[str, Any]:
-    """Build the argument of a change message.
+    """Build the argument of a change message, a dict with these keys.
 
-    Keys: ``endpoint`` (name), ``time`` (Unix seconds at which the poll
-    started), ``status`` (HTTP status), ``content_type``, ``body`` (decoded
-    JSON, or text when the body is not JSON), ``hash`` and ``previous_hash``
-    (content hashes; ``previous_hash`` is None for the first body) and
-    ``change_id`` (the id of the change stream entry, for deduplication).
+    * ``endpoint``: endpoint name.
+    * ``time``: Unix seconds at which the poll started.
+    * ``status``: HTTP status.
+    * ``content_type``: media type of the body.
+    * ``body``: decoded JSON, or text when the body is not JSON.
+    * ``hash``, ``previous_hash``: content hashes; ``previous_hash`` is None
+      for the first body.
+    * ``change_id``: id of the change stream entry, for deduplication.
     """
     return {
         "endpoint": endpoint.name,

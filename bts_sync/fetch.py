@@ -351,7 +351,7 @@ def _build_result(
             + ".",
         )
 
-    # A 304 to a conditional request and a 429 are told apart from other
+    # A 304 to a conditional request and a 429 are distinguished from other
     # unexpected statuses whatever the body, unless success_status lists them.
     not_modified = False
     retry_after_s = _retry_after(response)
@@ -384,7 +384,7 @@ def _build_result(
 
 
 def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
-    """Return the seconds that a 429 or 503 response's ``Retry-After`` asks for.
+    """Return the wait in seconds that a 429 or 503 response's ``Retry-After`` requests.
 
     urllib3 parses both forms, seconds and an HTTP date; a date in the past
     gives 0. urllib3 2.8 caps the result at ``Retry.DEFAULT_RETRY_AFTER_MAX``

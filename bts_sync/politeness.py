@@ -1,11 +1,11 @@
 """Polite polling: conditional request headers, Retry-After pauses and back-off.
 
-This module decides; ``bts_sync.chain`` stores the decision in Redis and its
-fire-time script skips the slots that fall inside a pause or a back-off, so
-every worker process, and every restart, sees the same decision.
+This module makes the decisions. ``bts_sync.chain`` stores them in Redis, and
+its fire-time script skips the slots that fall inside a pause or a back-off,
+so every worker process, and every restart, applies the same decision.
 
 * A **pause** comes from the server: a 429 or 503 response with
-  ``Retry-After``. It lasts as long as the header asks, capped by the
+  ``Retry-After``. It lasts as long as the header requests, capped by the
   endpoint's ``max_retry_after``.
 * A **back-off** comes from bts-sync: after ``after_failures`` consecutive
   unsuccessful polls the next poll waits ``initial`` seconds from the failed
@@ -79,8 +79,8 @@ class Hold:
     """When an endpoint may be polled again, as decided from one poll.
 
     Attributes:
-        paused_until_ms: End of a pause that the server asked for, in
-            milliseconds since the epoch, or None when it asked for none.
+        paused_until_ms: End of a pause that the server requested, in
+            milliseconds since the epoch, or None when it requested none.
         backoff_streak: Consecutive unsuccessful polls after this one.
         backoff_until_ms: End of the back-off, or None when there is none.
     """
@@ -116,7 +116,7 @@ def decide_hold(
         pause_s = result.retry_after_s
         if pause_s > endpoint.max_retry_after_s:
             logger.warning(
-                "Endpoint %r asked to wait %g s (Retry-After), more than max_retry_after; pausing %g s instead.",
+                "Endpoint %r requested a wait of %g s (Retry-After), more than max_retry_after; pausing %g s instead.",
                 endpoint.name,
                 pause_s,
                 endpoint.max_retry_after_s,

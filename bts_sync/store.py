@@ -9,10 +9,14 @@ documents them as the interface that consumers read:
 * ``{prefix}:changes`` stream: one entry per content change of any endpoint.
 * ``{prefix}:stats:{name}`` hash: counters.
 
-A poll ends in one of four outcomes: ``ok`` (new content, which may or may
-not be a change), ``not_modified`` (a 304 to a conditional request: a success
-that keeps the stored body), ``rate_limited`` (a 429: neither a success nor a
-failure, so ``consecutive_failures`` is left as it is) and ``failed``.
+A poll ends in one of four outcomes:
+
+* ``ok``: new content, which may or may not be a change.
+* ``not_modified``: a 304 to a conditional request, which is a success that
+  keeps the stored body.
+* ``rate_limited``: a 429. It is neither a success nor a failure, so
+  ``consecutive_failures`` is left as it is.
+* ``failed``: any other failure.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def stats_key(prefix: str, name: str) -> str:
 
 
 def content_hash(result: FetchResult) -> str:
-    """Hash the whole content of a response; ``bts_sync.changes`` has the rules."""
+    """Hash the whole content of a response by the rules of ``bts_sync.changes``."""
     return changes.content_hash(result)
 
 

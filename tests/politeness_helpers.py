@@ -172,7 +172,7 @@ class ReceivedRequest:
 
 @dataclass
 class ScriptedEndpoint:
-    """A pytest-httpserver handler that answers the n-th request with ``respond(n, request)``.
+    """A pytest-httpserver handler that responds to the n-th request with ``respond(n, request)``.
 
     It records when each request arrived and which headers it carried.
     """

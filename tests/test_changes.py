@@ -171,7 +171,7 @@ def test_paths_do_not_apply_to_text() -> None:
 def test_invalid_path_is_rejected(text: str) -> None:
     # Given an invalid expression
     # When it is compiled
-    # Then the error says how to write one
+    # Then the error message shows an example
     with pytest.raises(changes.PathSyntaxError, match="write it like"):
         changes.compile_path(text)
 
@@ -179,6 +179,6 @@ def test_invalid_path_is_rejected(text: str) -> None:
 def test_root_path_is_rejected() -> None:
     # Given the root alone
     # When it is compiled
-    # Then the error asks for a member
+    # Then the error message requests a member
     with pytest.raises(changes.PathSyntaxError, match="whole body"):
         changes.compile_path("$")

@@ -24,7 +24,7 @@ def endpoint_for(httpserver: HTTPServer, **overrides: object) -> Endpoint:
 
 
 def test_304_to_conditional_request_is_success(httpserver: HTTPServer) -> None:
-    # Given a server that answers a matching If-None-Match with 304
+    # Given a server that responds 304 to a matching If-None-Match
     httpserver.expect_request(
         "/api", headers={"If-None-Match": '"v1"'}
     ).respond_with_data("", status=304, headers={"ETag": '"v1"'})
@@ -41,7 +41,7 @@ def test_304_to_conditional_request_is_success(httpserver: HTTPServer) -> None:
 
 
 def test_304_to_plain_request_fails(httpserver: HTTPServer) -> None:
-    # Given a server that answers 304 to anything
+    # Given a server that responds 304 to every request
     httpserver.expect_request("/api").respond_with_data("", status=304)
 
     # When the request is not conditional

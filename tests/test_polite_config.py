@@ -177,7 +177,7 @@ def test_on_change_queue_defaults(tmp_path: Path) -> None:
 def test_invalid_on_change_is_named(tmp_path: Path, value: Any, expected: str) -> None:
     # Given an invalid on_change value
     # When it is loaded
-    # Then the error says what is wrong and how to write it
+    # Then the error message names the problem and shows the fix
     assert expected in problem(tmp_path, on_change=value)
 
 

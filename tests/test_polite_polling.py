@@ -90,7 +90,7 @@ def history_slots(client: redis.Redis) -> list[int]:
 def test_etag_round_trip_ends_in_304(
     launch: Callable[..., Path], client: redis.Redis
 ) -> None:
-    # Given a server that tags its body and answers a matching If-None-Match with 304
+    # Given a server that sends an ETag and responds 304 to a matching If-None-Match
     def respond(index: int, request: Request) -> Response:
         if request.headers.get("If-None-Match") == '"v1"':
             return Response(status=304, headers={"ETag": '"v1"'})
@@ -118,7 +118,7 @@ def test_etag_round_trip_ends_in_304(
 def test_last_modified_round_trip_ends_in_304(
     launch: Callable[..., Path], client: redis.Redis
 ) -> None:
-    # Given a server that dates its body and answers If-Modified-Since with 304
+    # Given a server that sends Last-Modified and responds 304 to If-Modified-Since
     stamp = "Wed, 21 Oct 2015 07:28:00 GMT"
 
     def respond(index: int, request: Request) -> Response:
@@ -177,7 +177,7 @@ def rate_limited_once(status: int, retry_after: str) -> ScriptedEndpoint:
 def test_429_retry_after_pauses_then_resumes(
     launch: Callable[..., Path], client: redis.Redis
 ) -> None:
-    # Given a server that answers the first request with 429 and Retry-After: 2
+    # Given a server that responds to the first request with 429 and Retry-After: 2
     server = rate_limited_once(429, "2")
 
     # When the endpoint is polled every 0.5 s
@@ -206,7 +206,7 @@ def test_429_retry_after_pauses_then_resumes(
 def test_429_retry_after_http_date(
     launch: Callable[..., Path], client: redis.Redis
 ) -> None:
-    # Given a server that answers the first request with a Retry-After date 3 s ahead
+    # Given a server that responds to the first request with a Retry-After date 3 s ahead
     resume_at = int(time.time()) + 3
     server = rate_limited_once(429, formatdate(resume_at, usegmt=True))
 
@@ -222,7 +222,7 @@ def test_429_retry_after_http_date(
 def test_503_retry_after_pauses_as_failure(
     launch: Callable[..., Path], client: redis.Redis
 ) -> None:
-    # Given a server that answers the first request with 503 and Retry-After: 2
+    # Given a server that responds to the first request with 503 and Retry-After: 2
     server = rate_limited_once(503, "2")
 
     # When the endpoint is polled every 0.5 s
@@ -241,7 +241,7 @@ def test_503_retry_after_pauses_as_failure(
 def test_retry_after_over_cap_is_capped(
     launch: Callable[..., Path], client: redis.Redis, workers: list[WorkerProcess]
 ) -> None:
-    # Given a server that asks for 60 s and an endpoint that allows at most 1 s
+    # Given a server that requests a 60 s wait and an endpoint that allows at most 1 s
     server = rate_limited_once(429, "60")
 
     # When the endpoint is polled every 0.5 s

@@ -105,7 +105,7 @@ def test_success_ends_backoff() -> None:
 
 def test_not_modified_ends_backoff() -> None:
     # Given a streak of five failures
-    # When a conditional poll is answered 304
+    # When the server responds 304 to a conditional poll
     hold = decide_hold(
         ENDPOINT, result(304, not_modified=True), 5, slot_ms=1_000, now_ms=1_100
     )
@@ -140,7 +140,7 @@ def test_backoff_off_keeps_interval() -> None:
 
 def test_429_with_retry_after_pauses_only() -> None:
     # Given a streak of one failure
-    # When a 429 asks for 30 s
+    # When a 429 carries Retry-After: 30
     hold = decide_hold(
         ENDPOINT,
         result(429, "rate_limited", retry_after_s=30),
@@ -170,7 +170,7 @@ def test_429_without_retry_after_backs_off() -> None:
 
 def test_503_with_retry_after_pauses_and_counts() -> None:
     # Given no failure so far
-    # When a 503 asks for 5 s
+    # When a 503 carries Retry-After: 5
     hold = decide_hold(
         ENDPOINT,
         result(503, "http_status", retry_after_s=5),
@@ -188,7 +188,7 @@ def test_retry_after_over_cap_warns(caplog: pytest.LogCaptureFixture) -> None:
     # Given an endpoint that allows pauses of up to 60 s
     endpoint = Endpoint(name="api", url="http://x/", max_retry_after_s=60)
 
-    # When a 429 asks for an hour
+    # When a 429 carries Retry-After: 3600
     with caplog.at_level(logging.WARNING, logger="bts_sync.politeness"):
         hold = decide_hold(
             endpoint,
