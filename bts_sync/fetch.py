@@ -351,17 +351,17 @@ def _build_result(
             + ".",
         )
 
-    # A 304 to a conditional request and a 429 are distinguished from other
-    # unexpected statuses whatever the body, unless success_status lists them.
-    not_modified = False
+    # A 304 to a conditional request is always "not modified", because it has
+    # no body to store. A 429 is distinguished from other unexpected statuses
+    # whatever its body, unless success_status lists it.
+    not_modified = response.status == 304 and conditional
     retry_after_s = _retry_after(response)
-    if response.status not in endpoint.success_statuses:
-        if response.status == 304 and conditional:
-            not_modified, error_kind, error = True, None, None
-        elif response.status == 429:
-            error_kind, error = "rate_limited", "Rate limited (429 Too Many Requests)."
-        if retry_after_s is not None and error is not None:
-            error = f"{error} The server asked to retry after {retry_after_s:g} s."
+    if not_modified:
+        error_kind, error = None, None
+    elif response.status == 429 and 429 not in endpoint.success_statuses:
+        error_kind, error = "rate_limited", "Rate limited (429 Too Many Requests)."
+    if retry_after_s is not None and error is not None:
+        error = f"{error} The server requested a wait of {retry_after_s:g} s."
 
     return FetchResult(
         **base,

@@ -40,6 +40,18 @@ def test_304_to_conditional_request_is_success(httpserver: HTTPServer) -> None:
     assert result.etag == '"v1"'
 
 
+def test_listed_304_is_still_not_modified(httpserver: HTTPServer) -> None:
+    # Given an endpoint that lists 304 among its success statuses
+    httpserver.expect_request("/api").respond_with_data("", status=304)
+    endpoint = endpoint_for(httpserver, success_statuses=frozenset({200, 304}))
+
+    # When the server responds 304 to a conditional request
+    result = fetch(endpoint, {"If-Modified-Since": "Wed, 21 Oct 2015 07:28:00 GMT"})
+
+    # Then the result keeps the stored body instead of replacing it with nothing
+    assert result.not_modified
+
+
 def test_304_to_plain_request_fails(httpserver: HTTPServer) -> None:
     # Given a server that responds 304 to every request
     httpserver.expect_request("/api").respond_with_data("", status=304)
@@ -65,7 +77,7 @@ def test_429_is_rate_limited(httpserver: HTTPServer) -> None:
     assert result.error_kind == "rate_limited"
     assert result.retry_after_s == 7
     assert result.error is not None
-    assert "retry after 7 s" in result.error
+    assert "requested a wait of 7 s" in result.error
 
 
 def test_429_with_invalid_json_is_rate_limited(httpserver: HTTPServer) -> None:
