@@ -27,21 +27,22 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware, Retries, ShutdownNotifications, TimeLimit
 from periodiq import PeriodiqMiddleware, cron
 
-from bts_sync import chain, hooks
-from bts_sync.config import Endpoint, Settings, load_settings
+from bts_sync import chain, changes, hooks, politeness
+from bts_sync.config import POLL_QUEUE, Endpoint, Settings, load_settings
 from bts_sync.connection import connect, describe
+from bts_sync.delivery import deliver_change
 from bts_sync.errors import BtsSyncError, UnknownEndpointError
 from bts_sync.fetch import FetchResult, fetch
 from bts_sync.launcher import PollLauncher
 from bts_sync.logs import apply_format_from_environment
 from bts_sync.redact import mask_url
-from bts_sync.store import PollRecord, record_poll
+from bts_sync.store import PollRecord, poll_outcome, record_and_detect_change
 from bts_sync.worker_registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
 #: Queue of poll and watchdog messages.
-QUEUE_NAME = "bts_sync"
+QUEUE_NAME = POLL_QUEUE
 
 #: Milliseconds an actor call may take. The actor only claims and schedules;
 #: the HTTP request runs in the launcher under the endpoint's own deadline.
@@ -357,28 +358,20 @@ def run_slot(endpoint: Endpoint, token: str, slot_ms: int) -> None:
     prefix = SETTINGS.key_prefix
     lock_ms = int(endpoint.deadline_s * 1000) + _LOCK_MARGIN_MS
     try:
-        started = chain.begin_poll(
-            client, prefix, endpoint.name, token, slot_ms, lock_ms
-        )
+        start = chain.begin_poll(client, prefix, endpoint.name, token, slot_ms, lock_ms)
     except redis.RedisError as exc:
         _warn_redis_failure(
             "starting the poll of", endpoint.name, slot_ms, exc, "slot skipped"
         )
         return
-    if started != "ok":
-        reason = (
-            "its chain was stopped"
-            if started == "stopped"
-            else "the previous poll is still running"
-        )
-        logger.info(
-            "Skipped slot %d of endpoint %r because %s.", slot_ms, endpoint.name, reason
-        )
+    if start.outcome != "ok":
+        _log_skipped(endpoint, slot_ms, start)
         return
 
     lateness_ms = time.time() * 1000 - slot_ms
+    headers = politeness.conditional_headers(endpoint, start.etag, start.last_modified)
     try:
-        result = fetch(endpoint)
+        result = fetch(endpoint, headers)
     except Exception as exc:
         logger.exception("Polling endpoint %r failed inside bts-sync.", endpoint.name)
         result = FetchResult(
@@ -391,7 +384,65 @@ def run_slot(endpoint: Endpoint, token: str, slot_ms: int) -> None:
             error=f"Internal error in bts-sync: {type(exc).__name__}.",
         )
 
-    _record(client, endpoint, result, slot_ms, lateness_ms)
+    _record(client, endpoint, result, slot_ms, lateness_ms, start.backoff_streak)
+
+
+def _log_skipped(endpoint: Endpoint, slot_ms: int, start: chain.PollStart) -> None:
+    if start.outcome in ("paused", "backing_off"):
+        # Every slot of a pause is skipped, so these go to DEBUG; the pause
+        # itself was logged at WARNING when it began.
+        logger.debug(
+            "Skipped slot %d of endpoint %r because it is %s until %s.",
+            slot_ms,
+            endpoint.name,
+            "paused" if start.outcome == "paused" else "backing off",
+            _clock_time(start.held_until_ms),
+        )
+        return
+    reason = (
+        "its chain was stopped"
+        if start.outcome == "stopped"
+        else "the previous poll is still running"
+    )
+    logger.info(
+        "Skipped slot %d of endpoint %r because %s.", slot_ms, endpoint.name, reason
+    )
+
+
+def _clock_time(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return "unknown"
+    return time.strftime("%H:%M:%S", time.localtime(epoch_ms / 1000))
+
+
+def _relevant_hash(endpoint: Endpoint, result: FetchResult) -> str | None:
+    """Hash the content of a new body as the endpoint's paths define it."""
+    if poll_outcome(result) != "ok":
+        return None
+    try:
+        return changes.content_hash(
+            result, endpoint.ignore_paths, endpoint.select_paths
+        )
+    except Exception:
+        logger.exception(
+            "Applying the JSON paths of endpoint %r failed; hashing the whole body instead.",
+            endpoint.name,
+        )
+        return changes.content_hash(result)
+
+
+def _describe_hold(hold: politeness.Hold, now: int) -> str:
+    parts = []
+    if hold.paused_until_ms is not None:
+        parts.append(
+            f" Paused for {(hold.paused_until_ms - now) / 1000:.1f} s (Retry-After)."
+        )
+    if hold.backoff_until_ms is not None:
+        parts.append(
+            f" Backing off for {max(0, hold.backoff_until_ms - now) / 1000:.1f} s "
+            f"({hold.backoff_streak} unsuccessful in a row)."
+        )
+    return "".join(parts)
 
 
 def _record(
@@ -400,18 +451,26 @@ def _record(
     result: FetchResult,
     slot_ms: int,
     lateness_ms: float,
+    streak_before: int,
 ) -> None:
     prefix = SETTINGS.key_prefix
+    digest = _relevant_hash(endpoint, result)
+    decided_ms = now_ms()
+    hold = politeness.decide_hold(endpoint, result, streak_before, slot_ms, decided_ms)
+
+    def also(pipe: Any) -> None:
+        chain.release_poll(pipe, client, prefix, endpoint.name, slot_ms)
+        chain.queue_hold(pipe, prefix, endpoint.name, hold)
+
     try:
-        changed = record_poll(
+        change = record_and_detect_change(
             client,
             prefix,
             endpoint.name,
             PollRecord(result=result, slot_ms=slot_ms, lateness_ms=lateness_ms),
             SETTINGS.history_length,
-            also=lambda pipe: chain.release_poll(
-                pipe, client, prefix, endpoint.name, slot_ms
-            ),
+            digest=digest,
+            also=also,
         )
     except redis.RedisError as exc:
         _warn_redis_failure("recording", endpoint.name, slot_ms, exc, "result lost")
@@ -424,8 +483,11 @@ def _record(
         "elapsed_ms": round(result.elapsed_ms, 1),
         "lateness_ms": round(lateness_ms, 1),
         "size": result.size,
-        "changed": changed,
+        "changed": change is not None,
+        "not_modified": result.not_modified,
         "error_kind": result.error_kind,
+        "paused_until_ms": hold.paused_until_ms,
+        "backoff_until_ms": hold.backoff_until_ms,
     }
     if result.ok:
         logger.info(
@@ -435,20 +497,34 @@ def _record(
             result.elapsed_ms,
             result.size,
             lateness_ms,
-            "changed" if changed else "unchanged",
+            "not modified"
+            if result.not_modified
+            else ("changed" if change is not None else "unchanged"),
+            extra=fields,
+        )
+    elif result.error_kind == "rate_limited":
+        logger.warning(
+            "Endpoint %r rate-limited the poll: %s%s",
+            endpoint.name,
+            result.error,
+            _describe_hold(hold, decided_ms),
             extra=fields,
         )
     else:
         logger.warning(
-            "Poll of endpoint %r failed (%s): %s Took %.0f ms, %.1f ms late.",
+            "Poll of endpoint %r failed (%s): %s Took %.0f ms, %.1f ms late.%s",
             endpoint.name,
             result.error_kind,
             result.error,
             result.elapsed_ms,
             lateness_ms,
+            _describe_hold(hold, decided_ms),
             extra=fields,
         )
     hooks.after_poll(client, SETTINGS, endpoint.name, result, lateness_ms)
+
+    if change is not None and endpoint.on_change is not None:
+        deliver_change(broker, endpoint, result, change)
 
 
 @dramatiq.actor(

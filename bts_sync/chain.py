@@ -10,6 +10,13 @@ Slots lie on a grid per endpoint: ``phase + k * interval``, where the phase is
 derived from the endpoint's name. Different endpoints therefore spread over the
 interval instead of all firing at the same instant, and a re-seeded chain lands
 on the same grid as before.
+
+The same hash holds the endpoint's politeness state: ``paused_until`` (a pause
+that a ``Retry-After`` header asked for), ``backoff_until`` and
+``backoff_streak``. The chain keeps claiming every slot during a pause or a
+back-off, so the watchdog never takes it for stalled; the fire-time script
+skips the slots that fall before these times. ``stop`` and ``start`` keep
+them, so restarting cannot poll early.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import math
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from bts_sync.store import stats_key
+from bts_sync.store import latest_key, stats_key
+
+if TYPE_CHECKING:
+    from bts_sync.politeness import Hold
 
 logger = logging.getLogger(__name__)
 
@@ -133,16 +143,29 @@ end
 return 'claimed'
 """
 
-# KEYS: chain, running, stats; ARGV: token, slot, lock milliseconds.
+# KEYS: chain, running, stats, latest; ARGV: token, slot, lock milliseconds.
+# Returns {outcome, held until, etag, last modified, back-off streak}; the
+# validators and the streak are read here so that a poll costs no extra round trip.
 _BEGIN = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
-  return 'stopped'
+local chain = redis.call('HMGET', KEYS[1], 'token', 'paused_until', 'backoff_until', 'backoff_streak')
+if chain[1] ~= ARGV[1] then
+  return {'stopped', ''}
+end
+local slot = tonumber(ARGV[2])
+if chain[2] and slot < tonumber(chain[2]) then
+  redis.call('HINCRBY', KEYS[3], 'skipped_paused', 1)
+  return {'paused', chain[2]}
+end
+if chain[3] and slot < tonumber(chain[3]) then
+  redis.call('HINCRBY', KEYS[3], 'skipped_backoff', 1)
+  return {'backing_off', chain[3]}
 end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   redis.call('HINCRBY', KEYS[3], 'skipped_overlaps', 1)
-  return 'overlap'
+  return {'overlap', ''}
 end
-return 'ok'
+local validators = redis.call('HMGET', KEYS[4], 'etag', 'last_modified')
+return {'ok', '', validators[1] or '', validators[2] or '', chain[4] or '0'}
 """
 
 # KEYS: running; ARGV: slot.
@@ -241,18 +264,67 @@ def claim(
     return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
 
+@dataclass(frozen=True)
+class PollStart:
+    """What the fire-time check of a slot decided, and what the poll needs.
+
+    Attributes:
+        outcome: ``ok`` to poll. Any other value skips the slot: ``stopped``
+            (the token is gone), ``paused``, ``backing_off``, or ``overlap``
+            (the previous poll still runs).
+        held_until_ms: End of the pause or back-off that skipped the slot.
+        etag: ``ETag`` of the last good response, or None.
+        last_modified: ``Last-Modified`` of the last good response, or None.
+        backoff_streak: Consecutive unsuccessful polls so far.
+    """
+
+    outcome: str
+    held_until_ms: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    backoff_streak: int = 0
+
+
 def begin_poll(
     client: redis.Redis, prefix: str, name: str, token: str, slot_ms: int, lock_ms: int
-) -> str:
-    """Mark a poll as started: ``ok``, ``stopped`` (token gone) or ``overlap``.
+) -> PollStart:
+    """Decide at the due time whether a claimed slot is polled, and mark the poll as started.
 
-    ``overlap`` means the previous poll of the endpoint still runs, so this
-    slot is skipped and counted. The mark expires after ``lock_ms`` in case the
-    process that set it dies.
+    A slot before the end of a pause or a back-off is skipped and counted
+    (``skipped_paused``, ``skipped_backoff``), and so is a slot whose previous
+    poll still runs (``skipped_overlaps``). The in-progress mark expires after
+    ``lock_ms`` in case the process that set it dies.
     """
-    keys = [chain_key(prefix, name), running_key(prefix, name), stats_key(prefix, name)]
-    outcome = _scripts(client).begin(keys=keys, args=[token, slot_ms, lock_ms])
-    return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+    keys = [
+        chain_key(prefix, name),
+        running_key(prefix, name),
+        stats_key(prefix, name),
+        latest_key(prefix, name),
+    ]
+    reply = _scripts(client).begin(keys=keys, args=[token, slot_ms, lock_ms])
+    values = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
+    if values[0] != "ok":
+        return PollStart(
+            outcome=values[0], held_until_ms=int(values[1]) if values[1] else None
+        )
+    return PollStart(
+        outcome="ok",
+        etag=values[2] or None,
+        last_modified=values[3] or None,
+        backoff_streak=int(values[4]),
+    )
+
+
+def queue_hold(pipe: Any, prefix: str, name: str, hold: Hold) -> None:
+    """Queue, on ``pipe``, the writes that store a poll's pause and back-off."""
+    key = chain_key(prefix, name)
+    if hold.paused_until_ms is not None:
+        pipe.hset(key, "paused_until", hold.paused_until_ms)
+    if hold.backoff_until_ms is None:
+        pipe.hdel(key, "backoff_until")
+    else:
+        pipe.hset(key, "backoff_until", hold.backoff_until_ms)
+    pipe.hset(key, "backoff_streak", hold.backoff_streak)
 
 
 def release_poll(
@@ -287,6 +359,8 @@ class ChainState:
         slot_ms: Last claimed slot, or None before the first claim.
         interval_ms: Interval of the chain.
         seeded_ms: When the current generation was written.
+        paused_until_ms: End of the last pause that a server asked for, or None.
+        backoff_until_ms: End of the current back-off, or None.
     """
 
     name: str
@@ -294,6 +368,8 @@ class ChainState:
     slot_ms: int | None
     interval_ms: int | None
     seeded_ms: int | None
+    paused_until_ms: int | None = None
+    backoff_until_ms: int | None = None
 
     @property
     def running(self) -> bool:
@@ -317,9 +393,17 @@ def read_states(
     """Read the chain state of each named endpoint in one round trip."""
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.hmget(chain_key(prefix, name), "token", "slot", "interval", "seeded")
+        pipe.hmget(
+            chain_key(prefix, name),
+            "token",
+            "slot",
+            "interval",
+            "seeded",
+            "paused_until",
+            "backoff_until",
+        )
     states = {}
-    for name, (token, slot, interval, seeded) in zip(
+    for name, (token, slot, interval, seeded, paused, backoff) in zip(
         names, pipe.execute(), strict=True
     ):
         states[name] = ChainState(
@@ -328,6 +412,8 @@ def read_states(
             slot_ms=int(slot) if slot else None,
             interval_ms=int(interval) if interval else None,
             seeded_ms=int(seeded) if seeded else None,
+            paused_until_ms=int(paused) if paused else None,
+            backoff_until_ms=int(backoff) if backoff else None,
         )
     return states
 

@@ -11,12 +11,15 @@ import json
 import os
 import time
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bts_sync.cli import EXIT_ENDPOINT_FAILED, load_context_settings, make_console
 from bts_sync.config import Settings
+
+if TYPE_CHECKING:
+    from bts_sync.chain import ChainState
 
 
 def import_actors(ctx: click.Context) -> ModuleType:
@@ -121,18 +124,24 @@ def collect_status(actors: ModuleType, client: Any) -> dict[str, Any]:
     rows = []
     for endpoint in settings.endpoints:
         state = states[endpoint.name]
+        interval_ms = int(endpoint.interval_s * 1000)
+        held_label, held_until_ms = _hold(state, now_ms)
         if not state.running:
             label = "stopped"
         elif state.is_stalled(now_ms, grace_ms):
             label = "stalled"
         else:
-            label = "running"
+            label = held_label or "running"
         next_due = None
         if state.running and state.slot_ms is not None:
             # The last claimed slot may still lie ahead: messages arrive early.
             next_slot_ms = state.slot_ms
             if next_slot_ms <= now_ms:
-                next_slot_ms += int(endpoint.interval_s * 1000)
+                next_slot_ms += interval_ms
+            if held_until_ms is not None and next_slot_ms < held_until_ms:
+                next_slot_ms = chain.next_grid_slot(
+                    endpoint.name, held_until_ms, interval_ms
+                )
             next_due = next_slot_ms / 1000
         rows.append(
             {
@@ -140,6 +149,9 @@ def collect_status(actors: ModuleType, client: Any) -> dict[str, Any]:
                 "state": label,
                 "interval_s": endpoint.interval_s,
                 "next_due_s": next_due,
+                "held_until_s": held_until_ms / 1000 if held_until_ms else None,
+                "paused_until_s": _seconds(state.paused_until_ms),
+                "backoff_until_s": _seconds(state.backoff_until_ms),
                 **stats[endpoint.name],
             }
         )
@@ -148,6 +160,21 @@ def collect_status(actors: ModuleType, client: Any) -> dict[str, Any]:
         "endpoints": rows,
         "queue": actors.queue_depths(client),
     }
+
+
+def _hold(state: ChainState, now_ms: int) -> tuple[str | None, int | None]:
+    """Return ``paused`` or ``backing off`` and its end, whichever ends later, or Nones."""
+    paused = state.paused_until_ms or 0
+    backoff = state.backoff_until_ms or 0
+    if max(paused, backoff) <= now_ms:
+        return None, None
+    if paused >= backoff:
+        return "paused", paused
+    return "backing off", backoff
+
+
+def _seconds(epoch_ms: int | None) -> float | None:
+    return epoch_ms / 1000 if epoch_ms is not None else None
 
 
 @click.command()

@@ -64,6 +64,28 @@ DEFAULT_HISTORY_LENGTH = 1000
 #: the watchdog re-seeds it.
 DEFAULT_WATCHDOG_GRACE_S = 10.0
 
+#: Maximum pause, in seconds, that a ``Retry-After`` header can impose by default.
+DEFAULT_MAX_RETRY_AFTER_S = 600.0
+
+#: Consecutive failures after which polling backs off, by default.
+DEFAULT_BACKOFF_AFTER_FAILURES = 1
+
+#: Growth factor of the back-off delay from one failure to the next, by default.
+DEFAULT_BACKOFF_MULTIPLIER = 2.0
+
+#: Share of the back-off delay that is randomly taken off, by default.
+DEFAULT_BACKOFF_JITTER = 0.2
+
+#: Lower bound, in seconds, of the default cap on the back-off delay. The
+#: default cap is this or ten intervals, whichever is longer.
+DEFAULT_BACKOFF_MAX_S = 300.0
+
+#: Queue of bts-sync's own poll messages; ``on_change`` may not send to it.
+POLL_QUEUE = "bts_sync"
+
+#: Queue that ``on_change`` sends to when it names none; Dramatiq's default.
+DEFAULT_CHANGE_QUEUE = "default"
+
 #: Seconds before a slot's due time at which its message is made deliverable.
 #: It covers Dramatiq's two polling back-offs of up to ``worker_timeout``
 #: (1000 ms by default) each, so that the poll itself can start on time.
@@ -78,6 +100,59 @@ _METHODS_WITH_BODY = ("POST", "PUT", "PATCH")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _VARIABLE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _STATUS_CLASS_RE = re.compile(r"^([1-5])xx$")
+# Dramatiq accepts these queue names (dramatiq.actor, version 2.x); actor
+# names are kept to the same characters so that a module path is caught.
+_QUEUE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
+_ACTOR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """How polling slows down after consecutive failures.
+
+    After ``after_failures`` consecutive failures, the next poll waits
+    ``initial_s`` seconds from the failed slot. Each further failure multiplies
+    the wait by ``multiplier``, up to ``max_s``. A random share of up to
+    ``jitter`` is taken off each wait.
+
+    Attributes:
+        after_failures: Consecutive failures before the first back-off.
+        initial_s: First back-off delay, in seconds.
+        multiplier: Growth factor from one delay to the next, 1 or more.
+        max_s: Maximum delay, in seconds.
+        jitter: Share of each delay, from 0 up to (not including) 1, that is
+            randomly taken off.
+    """
+
+    after_failures: int = DEFAULT_BACKOFF_AFTER_FAILURES
+    initial_s: float = 2 * DEFAULT_INTERVAL_S
+    multiplier: float = DEFAULT_BACKOFF_MULTIPLIER
+    max_s: float = DEFAULT_BACKOFF_MAX_S
+    jitter: float = DEFAULT_BACKOFF_JITTER
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """Return the policy with the key names of the configuration file."""
+        return {
+            "after_failures": self.after_failures,
+            "initial": self.initial_s,
+            "multiplier": self.multiplier,
+            "max": self.max_s,
+            "jitter": self.jitter,
+        }
+
+
+@dataclass(frozen=True)
+class ChangeTarget:
+    """The Dramatiq actor of an application that receives an endpoint's changes.
+
+    Attributes:
+        actor: Actor name as the application registers it (the function name
+            unless the application sets ``actor_name``).
+        queue: Queue that the application's worker consumes.
+    """
+
+    actor: str
+    queue: str = DEFAULT_CHANGE_QUEUE
 
 
 @dataclass(frozen=True)
@@ -99,6 +174,16 @@ class Endpoint:
         max_redirects: Redirects followed before the poll fails.
         verify_tls: Whether the server's TLS certificate is checked.
         success_statuses: Status codes that count as success; 2xx by default.
+        conditional_requests: Whether polls send ``If-None-Match`` and
+            ``If-Modified-Since`` from the last response's validators.
+        max_retry_after_s: Maximum pause, in seconds, that a ``Retry-After``
+            header of a 429 or 503 response can impose.
+        backoff: How polling slows down after failures, or None to keep the
+            interval.
+        ignore_paths: JSONPath expressions whose values the content hash leaves out.
+        select_paths: JSONPath expressions whose values alone the content hash
+            covers; empty for the whole body.
+        on_change: Application actor that receives each content change, or None.
     """
 
     name: str
@@ -115,6 +200,12 @@ class Endpoint:
     max_redirects: int = DEFAULT_MAX_REDIRECTS
     verify_tls: bool = True
     success_statuses: frozenset[int] = frozenset(range(200, 300))
+    conditional_requests: bool = True
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+    backoff: BackoffPolicy | None = field(default_factory=BackoffPolicy)
+    ignore_paths: tuple[str, ...] = ()
+    select_paths: tuple[str, ...] = ()
+    on_change: ChangeTarget | None = None
 
     def to_public_dict(self) -> dict[str, Any]:
         """Return the endpoint as plain data with secrets masked."""
@@ -138,6 +229,16 @@ class Endpoint:
             "max_redirects": self.max_redirects,
             "verify_tls": self.verify_tls,
             "success_status": _format_statuses(self.success_statuses),
+            "conditional_requests": self.conditional_requests,
+            "max_retry_after": self.max_retry_after_s,
+            "backoff": self.backoff.to_public_dict() if self.backoff else False,
+            "ignore_paths": list(self.ignore_paths),
+            "select_paths": list(self.select_paths),
+            "on_change": (
+                {"actor": self.on_change.actor, "queue": self.on_change.queue}
+                if self.on_change
+                else None
+            ),
         }
 
 
@@ -371,6 +472,159 @@ def _any(value: Any, where: str, key: str, problems: _Problems) -> Any:
     return value
 
 
+def _multiplier(value: Any, where: str, key: str, problems: _Problems) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        problems.add(where, key, value, "must be a number of 1 or more, such as 2.")
+        return None
+    return float(value)
+
+
+def _share(value: Any, where: str, key: str, problems: _Problems) -> Any:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value < 1
+    ):
+        problems.add(
+            where,
+            key,
+            value,
+            "must be a number from 0 up to 1 (excluded), such as 0.2.",
+        )
+        return None
+    return float(value)
+
+
+_BACKOFF_KEYS: dict[str, _Check] = {
+    "after_failures": _positive_int,
+    "initial": _positive_number,
+    "multiplier": _multiplier,
+    "max": _positive_number,
+    "jitter": _share,
+}
+
+
+def _backoff(value: Any, where: str, key: str, problems: _Problems) -> Any:
+    """Check a ``backoff`` table; return its checked keys, or False when disabled."""
+    if isinstance(value, bool):
+        return {} if value else False
+    if not isinstance(value, dict):
+        problems.add(
+            where,
+            key,
+            value,
+            "must be a table like { initial = 6, max = 300 }, or false to keep polling at the interval after failures.",
+        )
+        return None
+    checked: dict[str, Any] = {}
+    for name, item in value.items():
+        check = _BACKOFF_KEYS.get(name)
+        if check is None:
+            hint = _did_you_mean(name, list(_BACKOFF_KEYS))
+            problems.add(
+                where,
+                f"{key}.{name}",
+                item,
+                f"is not a key of backoff{hint}; use {', '.join(_BACKOFF_KEYS)}.",
+            )
+            continue
+        result = check(item, where, f"{key}.{name}", problems)
+        if result is not None:
+            checked[name] = result
+    return checked
+
+
+def _json_paths(value: Any, where: str, key: str, problems: _Problems) -> Any:
+    from bts_sync.changes import PathSyntaxError, compile_path
+
+    if not isinstance(value, list):
+        problems.add(
+            where,
+            key,
+            value,
+            'must be a list of JSONPath expressions, like ["$.meta.generated_at", "items[*].updated_at"].',
+        )
+        return None
+    paths: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            problems.add(
+                where,
+                key,
+                item,
+                "must be a JSONPath expression as a string, like $.meta.generated_at.",
+            )
+            continue
+        try:
+            compile_path(item)
+        except PathSyntaxError as exc:
+            problems.add(where, key, item, f"{exc}")
+            continue
+        paths.append(item)
+    return tuple(paths)
+
+
+def _change_target(value: Any, where: str, key: str, problems: _Problems) -> Any:
+    example = '{ actor = "handle_quotes", queue = "app" }'
+    if not isinstance(value, dict):
+        problems.add(
+            where,
+            key,
+            value,
+            f"must be a table like {example}; bts-sync sends by actor name and queue, so it never imports your module.",
+        )
+        return None
+    for name in sorted(set(value) - {"actor", "queue"}):
+        problems.add(
+            where,
+            f"{key}.{name}",
+            value[name],
+            'is not a key of on_change; use "actor" and "queue".',
+        )
+    if "actor" not in value:
+        problems.add_plain(
+            f"{where}{key} is missing the key 'actor'; write {key} = {example}."
+        )
+        return None
+
+    actor = value["actor"]
+    if isinstance(actor, str) and ":" in actor:
+        problems.add(
+            where,
+            f"{key}.actor",
+            actor,
+            f'names a module too; set only the actor name, like actor = "{actor.rsplit(":", 1)[-1]}".',
+        )
+        return None
+    if not isinstance(actor, str) or not _ACTOR_RE.match(actor):
+        problems.add(
+            where,
+            f"{key}.actor",
+            actor,
+            "must be a Dramatiq actor name: letters, digits, '_', '.' and '-', starting with a letter or '_'.",
+        )
+        return None
+
+    queue = value.get("queue", DEFAULT_CHANGE_QUEUE)
+    if not isinstance(queue, str) or not _QUEUE_RE.match(queue):
+        problems.add(
+            where,
+            f"{key}.queue",
+            queue,
+            "must be a Dramatiq queue name: letters, digits, '_', '.' and '-', starting with a letter or '_'.",
+        )
+        return None
+    if queue == POLL_QUEUE:
+        problems.add(
+            where,
+            f"{key}.queue",
+            queue,
+            "is the queue of bts-sync's own poll messages; name a queue of your application.",
+        )
+        return None
+    return ChangeTarget(actor=actor, queue=queue)
+
+
 #: Endpoint keys accepted in the file, with their check and the field they set.
 _ENDPOINT_KEYS: dict[str, tuple[_Check, str]] = {
     "name": (_string, "name"),
@@ -386,6 +640,12 @@ _ENDPOINT_KEYS: dict[str, tuple[_Check, str]] = {
     "max_redirects": (_non_negative_int, "max_redirects"),
     "verify_tls": (_boolean, "verify_tls"),
     "success_status": (_statuses, "success_statuses"),
+    "conditional_requests": (_boolean, "conditional_requests"),
+    "max_retry_after": (_positive_number, "max_retry_after_s"),
+    "backoff": (_backoff, "backoff"),
+    "ignore_paths": (_json_paths, "ignore_paths"),
+    "select_paths": (_json_paths, "select_paths"),
+    "on_change": (_change_target, "on_change"),
 }
 
 _TOP_LEVEL_KEYS = {
@@ -521,6 +781,7 @@ def _finish_endpoint(
 
     connect, read = values.pop("timeout", (None, None))
     default_timeout = min(DEFAULT_MAX_TIMEOUT_S, deadline)
+    backoff = _finish_backoff(values.pop("backoff", {}), interval, where, problems)
     method = values.get("method", "GET")
     if values.get("json_body") is not None and method not in _METHODS_WITH_BODY:
         problems.add(
@@ -537,6 +798,32 @@ def _finish_endpoint(
         deadline_s=deadline,
         connect_timeout_s=connect or default_timeout,
         read_timeout_s=read or default_timeout,
+        backoff=backoff,
+    )
+
+
+def _finish_backoff(
+    given: dict[str, Any] | bool, interval: float, where: str, problems: _Problems
+) -> BackoffPolicy | None:
+    """Fill in the back-off defaults, which depend on the interval."""
+    if given is False:
+        return None
+    keys: dict[str, Any] = given if isinstance(given, dict) else {}
+    initial = keys.get("initial", 2 * interval)
+    max_s = keys.get("max", max(DEFAULT_BACKOFF_MAX_S, 10 * interval, initial))
+    if max_s < initial:
+        problems.add(
+            where,
+            "backoff.max",
+            max_s,
+            f"is shorter than backoff.initial ({initial:g} s); raise max or lower initial.",
+        )
+    return BackoffPolicy(
+        after_failures=keys.get("after_failures", DEFAULT_BACKOFF_AFTER_FAILURES),
+        initial_s=initial,
+        multiplier=keys.get("multiplier", DEFAULT_BACKOFF_MULTIPLIER),
+        max_s=max_s,
+        jitter=keys.get("jitter", DEFAULT_BACKOFF_JITTER),
     )
 
 

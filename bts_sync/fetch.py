@@ -20,6 +20,7 @@ import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
     DecodeError,
+    InvalidHeader,
     MaxRetryError,
     NewConnectionError,
     ProtocolError,
@@ -48,6 +49,13 @@ ERROR_KINDS = (
     "rate_limited",
     "internal",
 )
+
+#: Statuses whose ``Retry-After`` header is read: 429 Too Many Requests and
+#: 503 Service Unavailable.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+#: Request headers that make a request conditional.
+_CONDITIONAL_HEADERS = frozenset({"if-none-match", "if-modified-since"})
 
 #: Bytes asked for in one read of the body.
 _CHUNK_BYTES = 64 * 1024
@@ -80,6 +88,10 @@ class FetchResult:
         last_modified: Value of the ``Last-Modified`` response header, or None.
         error_kind: One of ``ERROR_KINDS``, or None on success.
         error: Human-readable error message with secrets masked, or None.
+        not_modified: Whether the server answered a conditional request with
+            304 Not Modified, which is a success without a body.
+        retry_after_s: Seconds that a 429 or 503 response asked the client to
+            wait (its ``Retry-After`` header), or None.
     """
 
     endpoint: str
@@ -99,6 +111,8 @@ class FetchResult:
     last_modified: str | None = None
     error_kind: str | None = None
     error: str | None = None
+    not_modified: bool = False
+    retry_after_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -170,7 +184,10 @@ def fetch(
     try:
         response = _send(endpoint, extra_headers)
         raw = _read_body(response, endpoint, deadline)
-        result = _build_result(endpoint, response, raw, base, started)
+        conditional = any(
+            name.lower() in _CONDITIONAL_HEADERS for name in (extra_headers or {})
+        )
+        result = _build_result(endpoint, response, raw, base, started, conditional)
     except _FetchFailure as failure:
         result = _failure(base, started, failure.kind, failure.message, response)
     except Exception as exc:
@@ -302,6 +319,7 @@ def _build_result(
     raw: bytes,
     base: dict[str, Any],
     started: float,
+    conditional: bool = False,
 ) -> FetchResult:
     media_type, charset = _media_type(response.headers)
     text = _decode_text(raw, charset)
@@ -333,6 +351,18 @@ def _build_result(
             + ".",
         )
 
+    # A 304 to a conditional request is always "not modified", because it has
+    # no body to store. A 429 is distinguished from other unexpected statuses
+    # whatever its body, unless success_status lists it.
+    not_modified = response.status == 304 and conditional
+    retry_after_s = _retry_after(response)
+    if not_modified:
+        error_kind, error = None, None
+    elif response.status == 429 and 429 not in endpoint.success_statuses:
+        error_kind, error = "rate_limited", "Rate limited (429 Too Many Requests)."
+    if retry_after_s is not None and error is not None:
+        error = f"{error} The server requested a wait of {retry_after_s:g} s."
+
     return FetchResult(
         **base,
         elapsed_ms=(time.monotonic() - started) * 1000,
@@ -348,7 +378,26 @@ def _build_result(
         last_modified=response.headers.get("Last-Modified"),
         error_kind=error_kind,
         error=mask_text(error) if error else None,
+        not_modified=not_modified,
+        retry_after_s=retry_after_s,
     )
+
+
+def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
+    """Return the wait in seconds that a 429 or 503 response's ``Retry-After`` requests.
+
+    urllib3 parses both forms, seconds and an HTTP date; a date in the past
+    gives 0. urllib3 2.8 caps the result at ``Retry.DEFAULT_RETRY_AFTER_MAX``
+    (6 hours). An invalid value is logged and ignored.
+    """
+    value = response.headers.get("Retry-After")
+    if response.status not in RETRY_AFTER_STATUSES or value is None:
+        return None
+    try:
+        return float(urllib3.Retry(total=None).parse_retry_after(value))
+    except InvalidHeader:
+        logger.info("Ignored an invalid Retry-After header: %r.", mask_text(value))
+        return None
 
 
 def _failure(

@@ -166,6 +166,7 @@ def status_table(rows: list[dict[str, Any]], now_s: float) -> Table:
     for column in (
         "endpoint",
         "state",
+        "until",
         "every",
         "last poll",
         "result",
@@ -191,9 +192,11 @@ def status_table(rows: list[dict[str, Any]], now_s: float) -> Table:
             result = Text(label, style=status_style(status_number, ok))
         last_time = float(latest["time"]) if latest.get("time") else None
         next_due = row.get("next_due_s")
+        held_until = row.get("held_until_s")
         table.add_row(
             Text(row["name"]),
             Text(row["state"], style=_STATE_STYLES.get(row["state"], "")),
+            format_age(now_s - held_until) if held_until else "—",
             f"{row['interval_s']:g} s",
             format_age(now_s - last_time if last_time else None),
             result,

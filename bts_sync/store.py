@@ -8,12 +8,19 @@ documents them as the interface that consumers read:
 * ``{prefix}:history:{name}`` stream: one entry per poll, capped.
 * ``{prefix}:changes`` stream: one entry per content change of any endpoint.
 * ``{prefix}:stats:{name}`` hash: counters.
+
+A poll ends in one of four outcomes:
+
+* ``ok``: new content, which may or may not be a change.
+* ``not_modified``: a 304 to a conditional request, which is a success that
+  keeps the stored body.
+* ``rate_limited``: a 429. It is neither a success nor a failure, so
+  ``consecutive_failures`` is left as it is.
+* ``failed``: any other failure.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ from typing import Any
 
 import redis
 
+from bts_sync import changes
 from bts_sync.fetch import FetchResult
 
 logger = logging.getLogger(__name__)
@@ -39,6 +47,10 @@ COUNTERS = (
     "dropped_duplicates",
     "dropped_stale",
     "changes",
+    "not_modified",
+    "rate_limited",
+    "skipped_paused",
+    "skipped_backoff",
 )
 
 
@@ -63,26 +75,16 @@ def stats_key(prefix: str, name: str) -> str:
 
 
 def content_hash(result: FetchResult) -> str:
-    """Hash what counts as the content of a response.
-
-    JSON bodies are hashed in canonical form (sorted keys, no spaces), so a
-    server that reorders keys does not produce a change; other bodies are
-    hashed as bytes.
-    """
-    if result.is_json:
-        data = json.dumps(
-            result.body, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
-    else:
-        data = result.raw
-    return hashlib.sha256(data).hexdigest()
+    """Hash the whole content of a response by the rules of ``bts_sync.changes``."""
+    return changes.content_hash(result)
 
 
 # KEYS: latest, history, changes, stats.
-# ARGV: name, time, ok, hash, history length, changes length, number of poll
-# field values, then poll fields and values, then content fields and values.
+# ARGV: name, time, outcome, hash, history length, changes length, number of
+# poll field values, then poll fields and values, then content fields and values.
+# Returns the change entry's id and the previous hash, or nil without a change.
 _RECORD = """
-local name, now, ok, hash = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
+local name, now, outcome, hash = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local poll_count = tonumber(ARGV[7])
 local poll_fields = {}
 for i = 8, 7 + poll_count do poll_fields[#poll_fields + 1] = ARGV[i] end
@@ -90,27 +92,33 @@ local content_fields = {}
 for i = 8 + poll_count, #ARGV do content_fields[#content_fields + 1] = ARGV[i] end
 
 local previous = redis.call('HGET', KEYS[1], 'hash')
-local changed = 0
+local change_id = false
 redis.call('HSET', KEYS[1], unpack(poll_fields))
 redis.call('HINCRBY', KEYS[4], 'polls', 1)
-if ok then
-  redis.call('HSET', KEYS[1], unpack(content_fields))
+if outcome == 'ok' or outcome == 'not_modified' then
+  if #content_fields > 0 then redis.call('HSET', KEYS[1], unpack(content_fields)) end
   redis.call('HINCRBY', KEYS[4], 'successes', 1)
   redis.call('HSET', KEYS[4], 'consecutive_failures', 0, 'last_success_at', now)
-  if previous ~= hash then
-    changed = 1
+  if outcome == 'not_modified' then
+    redis.call('HINCRBY', KEYS[4], 'not_modified', 1)
+  elseif previous ~= hash then
     redis.call('HSET', KEYS[1], 'changed_at', now)
     redis.call('HINCRBY', KEYS[4], 'changes', 1)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
+    change_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
       'endpoint', name, 'time', now, 'hash', hash, 'previous_hash', previous or '')
   end
+elseif outcome == 'rate_limited' then
+  redis.call('HINCRBY', KEYS[4], 'rate_limited', 1)
+  redis.call('HSET', KEYS[4], 'last_rate_limited_at', now)
 else
   redis.call('HINCRBY', KEYS[4], 'failures', 1)
   redis.call('HINCRBY', KEYS[4], 'consecutive_failures', 1)
   redis.call('HSET', KEYS[4], 'last_failure_at', now)
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'changed', changed, unpack(poll_fields))
-return changed
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+  'changed', change_id and 1 or 0, unpack(poll_fields))
+if change_id then return {change_id, previous or ''} end
+return false
 """
 
 _record_scripts: dict[int, Any] = {}
@@ -156,6 +164,42 @@ def _poll_fields(record: PollRecord) -> list[str]:
     return [str(item) for pair in fields.items() for item in pair]
 
 
+@dataclass(frozen=True)
+class ChangeEvent:
+    """An entry that a poll added to the change stream.
+
+    Attributes:
+        id: The stream entry's id, such as ``1718000000000-0``.
+        hash: Content hash of the new body.
+        previous_hash: Content hash before the change, or None for the first body.
+    """
+
+    id: str
+    hash: str
+    previous_hash: str | None
+
+
+def poll_outcome(result: FetchResult) -> str:
+    """Classify a result as ``ok``, ``not_modified``, ``rate_limited`` or ``failed``."""
+    if result.not_modified:
+        return "not_modified"
+    if result.ok:
+        return "ok"
+    if result.error_kind == "rate_limited":
+        return "rate_limited"
+    return "failed"
+
+
+def _validator_fields(result: FetchResult) -> list[str | bytes]:
+    """Return the validators that a 304 response carried, to keep them current."""
+    fields: list[str | bytes] = []
+    if result.etag:
+        fields += ["etag", result.etag]
+    if result.last_modified:
+        fields += ["last_modified", result.last_modified]
+    return fields
+
+
 def _content_fields(result: FetchResult, digest: str) -> list[str | bytes]:
     fields: dict[str, str | bytes] = {
         "hash": digest,
@@ -191,19 +235,57 @@ def record_poll(
     Returns:
         Whether the content changed.
     """
+    change = record_and_detect_change(
+        client, prefix, name, record, history_length, also=also
+    )
+    return change is not None
+
+
+def record_and_detect_change(
+    client: redis.Redis,
+    prefix: str,
+    name: str,
+    record: PollRecord,
+    history_length: int,
+    digest: str | None = None,
+    also: Callable[[Any], None] | None = None,
+) -> ChangeEvent | None:
+    """Store a poll like ``record_poll`` and return the change event it added.
+
+    Args:
+        client: Redis client.
+        prefix: Key prefix.
+        name: Endpoint name.
+        record: The poll and its slot.
+        history_length: Entries kept in the history stream (approximately).
+        digest: Content hash of a successful result, or None to hash the
+            whole body.
+        also: Adds more commands to the same pipeline, so they cost no extra
+            round trip.
+
+    Returns:
+        The new change stream entry, or None when the content did not change
+        or the poll did not succeed.
+    """
     result = record.result
-    digest = content_hash(result) if result.ok else ""
+    outcome = poll_outcome(result)
+    if outcome == "ok":
+        digest = content_hash(result) if digest is None else digest
+        content = _content_fields(result, digest)
+    else:
+        digest = ""
+        content = _validator_fields(result) if outcome == "not_modified" else []
     poll_fields = _poll_fields(record)
     args: list[Any] = [
         name,
         f"{result.started_at:.3f}",
-        int(result.ok),
+        outcome,
         digest,
         history_length,
         CHANGES_LENGTH,
         len(poll_fields),
         *poll_fields,
-        *(_content_fields(result, digest) if result.ok else []),
+        *content,
     ]
     keys = [
         latest_key(prefix, name),
@@ -216,8 +298,11 @@ def record_poll(
     _record_script(client)(keys=keys, args=args, client=pipe)
     if also is not None:
         also(pipe)
-    changed = pipe.execute()[0]
-    return bool(changed)
+    reply = pipe.execute()[0]
+    if not reply:
+        return None
+    entry_id, previous = (item.decode() for item in reply)
+    return ChangeEvent(id=entry_id, hash=digest, previous_hash=previous or None)
 
 
 def _decode(
@@ -269,7 +354,11 @@ def read_stats(
         values: dict[str, Any] = {
             counter: int(counters.get(counter, 0)) for counter in COUNTERS
         }
-        for field_name in ("last_success_at", "last_failure_at"):
+        for field_name in (
+            "last_success_at",
+            "last_failure_at",
+            "last_rate_limited_at",
+        ):
             values[field_name] = (
                 float(counters[field_name]) if field_name in counters else None
             )
