@@ -70,7 +70,15 @@ def test_webhook_gets_each_change_once(
     httpserver.expect_request(WEBHOOK_PATH, method="POST").respond_with_handler(webhook)
     config = write_config(
         tmp_path / "bts-sync.toml",
-        [{"name": "flaky", "url": httpserver.url_for("/flaky"), "interval": 0.2}],
+        # Back-off stays off: this test counts polls after the alert.
+        [
+            {
+                "name": "flaky",
+                "url": httpserver.url_for("/flaky"),
+                "interval": 0.2,
+                "backoff": False,
+            }
+        ],
         alert_after_failures=3,
         alert_webhook=httpserver.url_for(WEBHOOK_PATH),
     )
