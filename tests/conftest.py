@@ -41,13 +41,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI"):
-            pytest.fail("redis-server is not on the PATH; .ci/run should have installed it.")
+            pytest.fail(
+                "redis-server is not on the PATH; .ci/run should have installed it."
+            )
         pytest.skip("redis-server is not installed")
 
     port = free_port()
     data_dir: Path = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
