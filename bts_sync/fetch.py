@@ -167,9 +167,11 @@ def fetch(
     }
 
     response: urllib3.BaseHTTPResponse | None = None
+    body_read = False
     try:
         response = _send(endpoint, extra_headers)
         raw = _read_body(response, endpoint, deadline)
+        body_read = True
         result = _build_result(endpoint, response, raw, base, started)
     except _FetchFailure as failure:
         result = _failure(base, started, failure.kind, failure.message, response)
@@ -178,6 +180,11 @@ def fetch(
         result = _failure(base, started, kind, message, response)
     finally:
         if response is not None:
+            # A connection whose response was not read to the end still has
+            # bytes of it on the way; back in the pool, the next request on it
+            # would read them as its own response.
+            if not body_read:
+                response.close()
             response.release_conn()
 
     _log(result)
