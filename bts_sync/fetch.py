@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -123,6 +125,76 @@ class _FetchFailure(Exception):
         self.message = message
 
 
+class _DeadlineGuard:
+    """Shuts the socket of a request down when the request's total deadline passes.
+
+    Socket timeouts bound each read, not their sum, so a server that sends its
+    status line, its headers or its body one byte at a time would otherwise
+    hold a request far past the deadline. Shutting the socket down from a
+    timer thread makes the blocked read return at once.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Arm the timer for ``sock``, replacing the socket watched so far."""
+        self.cancel()
+        if sock is None:
+            return
+        delay = max(0.0, self.deadline - time.monotonic())
+        self._timer = threading.Timer(delay, self._expire, (sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        """Stop the timer, if it has not fired yet."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, sock: socket.socket) -> None:
+        self.expired = True
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+# The guard of the fetch running on this thread, for the connections below.
+_current = threading.local()
+
+
+def _watch_socket(sock: socket.socket | None) -> None:
+    guard: _DeadlineGuard | None = getattr(_current, "guard", None)
+    if guard is not None:
+        guard.watch(sock)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    """HTTP connection whose socket is shut down at the fetch's deadline."""
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        _watch_socket(self.sock)
+        return super().getresponse()
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    """HTTPS connection whose socket is shut down at the fetch's deadline."""
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        _watch_socket(self.sock)
+        return super().getresponse()
+
+
+class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
 def get_pool(verify_tls: bool) -> urllib3.PoolManager:
     """Return the process-wide connection pool for the given TLS verification.
 
@@ -137,6 +209,10 @@ def get_pool(verify_tls: bool) -> urllib3.PoolManager:
                 maxsize=8,
                 cert_reqs="CERT_REQUIRED" if verify_tls else "CERT_NONE",
             )
+            pool.pool_classes_by_scheme = {
+                "http": _HTTPConnectionPool,
+                "https": _HTTPSConnectionPool,
+            }
             _pools[verify_tls] = pool
         return pool
 
@@ -168,17 +244,27 @@ def fetch(
 
     response: urllib3.BaseHTTPResponse | None = None
     body_read = False
+    guard = _DeadlineGuard(deadline)
+    _current.guard = guard
     try:
         response = _send(endpoint, extra_headers)
         raw = _read_body(response, endpoint, deadline)
+        if guard.expired:
+            # The shut-down socket may have ended the body early without an error.
+            raise _FetchFailure("timeout", _deadline_message(endpoint))
         body_read = True
         result = _build_result(endpoint, response, raw, base, started)
     except _FetchFailure as failure:
         result = _failure(base, started, failure.kind, failure.message, response)
     except Exception as exc:
-        kind, message = _classify(exc, endpoint)
+        if guard.expired:
+            kind, message = "timeout", _deadline_message(endpoint)
+        else:
+            kind, message = _classify(exc, endpoint)
         result = _failure(base, started, kind, message, response)
     finally:
+        guard.cancel()
+        _current.guard = None
         if response is not None:
             # A connection whose response was not read to the end still has
             # bytes of it on the way; back in the pool, the next request on it
@@ -264,10 +350,7 @@ def _read_body(
     size = 0
     while True:
         if time.monotonic() > deadline:
-            raise _FetchFailure(
-                "timeout",
-                f"Response did not finish within the deadline of {endpoint.deadline_s:g} s.",
-            )
+            raise _FetchFailure("timeout", _deadline_message(endpoint))
         chunk = response.read1(_CHUNK_BYTES)
         if not chunk:
             break
@@ -279,6 +362,10 @@ def _read_body(
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _deadline_message(endpoint: Endpoint) -> str:
+    return f"Response did not finish within the deadline of {endpoint.deadline_s:g} s."
 
 
 def _media_type(headers: Mapping[str, str]) -> tuple[str, str]:
