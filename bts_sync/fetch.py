@@ -234,7 +234,7 @@ def fetch(
     started_at = time.time()
     started = time.monotonic()
     deadline = started + endpoint.deadline_s
-    masked_url = mask_url(endpoint.url)
+    masked_url = mask_url(_request_url(endpoint))
     base = {
         "endpoint": endpoint.name,
         "method": endpoint.method,
@@ -277,6 +277,14 @@ def fetch(
     return result
 
 
+def _request_url(endpoint: Endpoint) -> str:
+    """Return the endpoint's URL with its configured query parameters added."""
+    if not endpoint.params:
+        return endpoint.url
+    separator = "&" if "?" in endpoint.url else "?"
+    return endpoint.url + separator + urlencode(dict(endpoint.params))
+
+
 def _send(
     endpoint: Endpoint, extra_headers: Mapping[str, str] | None
 ) -> urllib3.BaseHTTPResponse:
@@ -293,10 +301,6 @@ def _send(
     if endpoint.json_body is not None:
         body = json.dumps(endpoint.json_body).encode()
         headers.setdefault("Content-Type", "application/json")
-
-    url = endpoint.url
-    if endpoint.params:
-        url = url + ("&" if "?" in url else "?") + urlencode(dict(endpoint.params))
 
     timeout = urllib3.Timeout(
         connect=endpoint.connect_timeout_s,
@@ -315,7 +319,7 @@ def _send(
     )
     return get_pool(endpoint.verify_tls).request(
         endpoint.method,
-        url,
+        _request_url(endpoint),
         body=body,
         headers=headers,
         timeout=timeout,
