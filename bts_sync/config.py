@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from bts_sync.errors import ConfigError
 from bts_sync.redact import is_secret_name, mask_url, register_secret
@@ -432,6 +432,13 @@ def _check_url(url: str, where: str, problems: _Problems) -> None:
         problems.add(where, "url", url, "has a port outside 1 to 65535.")
 
 
+def _query_pairs(url: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(urlsplit(url).query)
+    except ValueError:
+        return []
+
+
 def _build_endpoint(
     raw: Mapping[str, Any],
     defaults: Mapping[str, Any],
@@ -481,6 +488,11 @@ def _build_endpoint(
     for header, value in values["headers"].items():
         if is_secret_name(header):
             register_secret(value.split(" ", 1)[-1])
+    # Secret-looking query values written into the file are registered too, so
+    # that they are masked in urllib3's debug log of the request line.
+    for name, value in [*values["params"].items(), *_query_pairs(values["url"])]:
+        if is_secret_name(name):
+            register_secret(value)
 
     return _finish_endpoint(values, where, problems)
 
