@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -158,7 +159,15 @@ def make_console(stderr: bool = False) -> Any:
     """Create the rich console used for output; colors follow the terminal and NO_COLOR."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    # rich honours NO_COLOR by dropping colours only, and still sends the escape
+    # codes of bold and dim; with no colour system it sends no escape codes.
+    no_color = bool(os.environ.get("NO_COLOR"))
+    return Console(
+        stderr=stderr,
+        highlight=False,
+        soft_wrap=False,
+        color_system=None if no_color else "auto",
+    )
 
 
 @cli.command()
