@@ -2,12 +2,14 @@
 
 Every string that comes from a server or a configuration goes into ``Text``
 objects or ``Syntax``, which never interpret rich markup, so a body containing
-``[bold]`` prints as it is.
+``[bold]`` prints as it is. Control characters in server text are shown as
+escapes such as ``\\x1b``, because rich passes ESC through to the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -19,6 +21,16 @@ from bts_sync.fetch import FetchResult
 
 #: Body lines printed to a terminal before the rest is cut, unless ``--full``.
 MAX_BODY_LINES = 120
+
+
+# C0 and C1 control characters other than tab, line feed and carriage return,
+# which rich handles itself.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Replace control characters with visible escapes, so server text cannot drive the terminal."""
+    return _CONTROL_RE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def status_style(status: int | None, ok: bool = True) -> str:
@@ -44,10 +56,12 @@ def format_size(size: int) -> str:
 
 def status_line(result: FetchResult) -> Text:
     """Build the one-line summary: method, URL, status, elapsed time and size."""
-    line = Text.assemble((result.method, "bold"), " ", (result.url, "cyan"), " ")
+    line = Text.assemble(
+        (result.method, "bold"), " ", (printable(result.url), "cyan"), " "
+    )
     if result.status is not None:
         line.append(
-            f"{result.status} {result.reason}".rstrip(),
+            printable(f"{result.status} {result.reason}".rstrip()),
             style=status_style(result.status, result.ok),
         )
     else:
@@ -64,7 +78,7 @@ def headers_table(headers: dict[str, str]) -> Table:
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for name, value in headers.items():
-        table.add_row(Text(name), Text(value))
+        table.add_row(Text(printable(name)), Text(printable(value)))
     return table
 
 
@@ -91,7 +105,7 @@ def body_renderable(body: Any, is_json: bool, max_lines: int | None) -> Renderab
             text, "json", theme="ansi_dark", word_wrap=True, background_color="default"
         )
     else:
-        body_part = Text(text)
+        body_part = Text(printable(text))
     return Group(body_part, cut_note) if cut_note is not None else body_part
 
 
@@ -113,7 +127,7 @@ def print_result(
                 ("error ", "bold red"),
                 (result.error_kind or "", "red"),
                 ": ",
-                result.error,
+                printable(result.error),
             )
         )
     if verbose and result.headers:
