@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from bts_sync.errors import ConfigError
-from bts_sync.redact import is_secret_name, mask_url, register_secret
+from bts_sync.redact import is_secret_name, mask_text, mask_url, register_secret
 
 #: Endpoint polled when no configuration file exists.
 DEFAULT_URL = "https://dummyjson.com/test"
@@ -207,7 +207,11 @@ class _Problems:
         self.lines: list[str] = []
 
     def add(self, where: str, key: str, value: Any, problem: str) -> None:
-        shown = mask_url(value) if isinstance(value, str) else value
+        shown = value
+        if isinstance(value, str):
+            # mask_url re-assembles what it parses, lower-casing anything before
+            # a colon, so only values that look like URLs go through it.
+            shown = mask_url(value) if "://" in value else mask_text(value)
         self.lines.append(f"{self.source}: {where}{key} = {shown!r}: {problem}")
 
     def add_plain(self, message: str) -> None:
