@@ -107,6 +107,9 @@ class _RateLimiter:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Buffered writes send the headers and the body in one segment; written
+    # apart, Nagle's algorithm and delayed ACKs add about 40 ms per response.
+    wbufsize = -1
     server: _Server
 
     def do_GET(self) -> None:
@@ -230,8 +233,12 @@ class DummyJsonServer:
 
     def start(self) -> DummyJsonServer:
         """Serve in a background thread and return the server."""
+        # A short poll interval lets stop() return within 50 ms.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="dummyjson", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="dummyjson",
+            daemon=True,
         )
         self._thread.start()
         return self
