@@ -9,13 +9,15 @@ reads requests itself and answers by path:
 * ``/trickle-headers``: the status line and headers one byte per write.
 * any other path: a small JSON body at once.
 
-Connections are kept alive, and each one is served by its own thread.
+Connections are kept alive, and each one is served by its own thread. With
+an ``ssl.SSLContext`` the server speaks HTTPS.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -40,8 +42,11 @@ class TrickleServer:
             longer than any deadline in the tests.
     """
 
-    def __init__(self, byte_interval_s: float = 0.02) -> None:
+    def __init__(
+        self, byte_interval_s: float = 0.02, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.byte_interval_s = byte_interval_s
+        self.ssl_context = ssl_context
         self.connections = 0
         self.paths: list[str] = []
         self._stop = threading.Event()
@@ -57,7 +62,8 @@ class TrickleServer:
 
     def url(self, path: str) -> str:
         """Return the absolute URL of ``path`` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def start(self) -> None:
         """Accept connections in a background thread."""
@@ -89,7 +95,15 @@ class TrickleServer:
 
     def _serve(self, conn: socket.socket) -> None:
         # A client that gives up resets the connection; that ends the thread.
-        with suppress(OSError), conn, conn.makefile("rb") as reader:
+        with suppress(OSError):
+            if self.ssl_context is not None:
+                conn.settimeout(5)
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                conn.settimeout(None)
+            self._serve_requests(conn)
+
+    def _serve_requests(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
             while not self._stop.is_set():
                 request_line = reader.readline()
                 if not request_line:
@@ -134,9 +148,11 @@ class TrickleServer:
 
 
 @contextmanager
-def running_trickle_server(byte_interval_s: float = 0.02) -> Iterator[TrickleServer]:
-    """Run a ``TrickleServer`` for the duration of the block."""
-    server = TrickleServer(byte_interval_s)
+def running_trickle_server(
+    byte_interval_s: float = 0.02, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[TrickleServer]:
+    """Run a ``TrickleServer``, over TLS with ``ssl_context``, for the duration of the block."""
+    server = TrickleServer(byte_interval_s, ssl_context)
     server.start()
     try:
         yield server
