@@ -156,7 +156,7 @@ def load_context_settings(ctx: click.Context) -> Any:
 
 
 def stdout_is_terminal() -> bool:
-    """Tell whether standard output is a terminal, or FORCE_COLOR asks to treat it as one."""
+    """Tell whether standard output is a terminal, or FORCE_COLOR requests rich output anyway."""
     return sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
 
 
@@ -164,8 +164,8 @@ def make_console(stderr: bool = False) -> Any:
     """Create the rich console used for output; colors follow the terminal and NO_COLOR."""
     from rich.console import Console
 
-    # rich honours NO_COLOR by dropping colours only, and still sends the escape
-    # codes of bold and dim; with no colour system it sends no escape codes.
+    # rich honours NO_COLOR by dropping colours only, so bold and dim still
+    # reach the terminal as escape codes. With no colour system, nothing does.
     no_color = bool(os.environ.get("NO_COLOR"))
     return Console(
         stderr=stderr,

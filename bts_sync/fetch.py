@@ -266,9 +266,8 @@ def fetch(
         guard.cancel()
         _current.guard = None
         if response is not None:
-            # A connection whose response was not read to the end still has
-            # bytes of it on the way; back in the pool, the next request on it
-            # would read them as its own response.
+            # The rest of an unread response may still arrive on the connection.
+            # Back in the pool, the next request would read it as its own.
             if not body_read:
                 response.close()
             response.release_conn()

@@ -1,11 +1,10 @@
 """A local stand-in for the DummyJSON API, serving its real data sets on 127.0.0.1.
 
-The data sets come from ``shared/fixtures/dummyjson/``, which sits beside the
-repository folder (``../shared`` from the repository root). Set
-``BTS_SYNC_FIXTURES_DIR`` to the ``fixtures`` folder when it is somewhere else,
-for example in a git worktree.
+The data sets are read from ``shared/fixtures/dummyjson/`` in the folder that
+contains the repository. Set ``BTS_SYNC_FIXTURES_DIR`` to the ``fixtures``
+folder when it is somewhere else, for example in a git worktree.
 
-Routes, as the fixtures' README describes the live API:
+Routes, as the live API serves them:
 
 * ``GET /test`` returns ``{"status": "ok", "method": "GET"}``.
 * ``GET /<name>`` returns ``{"<name>": [...], "total": N, "skip": S, "limit": L}``,
@@ -55,7 +54,7 @@ DEFAULT_RATE_WINDOW_S = 10.0
 
 
 def dummyjson_dir() -> Path:
-    """Return the folder that holds the DummyJSON data sets."""
+    """Return the folder that contains the DummyJSON data sets."""
     base = os.environ.get("BTS_SYNC_FIXTURES_DIR")
     folder = (Path(base) if base else DEFAULT_FIXTURES_DIR) / "dummyjson"
     return folder.resolve()

@@ -2,7 +2,7 @@
 
 pytest-httpserver writes each response in one piece, so it cannot act like a
 server that keeps a connection busy by sending one byte at a time. This server
-reads requests itself and answers by path:
+reads requests itself and responds by path:
 
 * ``/trickle-body``: the status line and headers at once, then the body one
   byte per write.

@@ -151,7 +151,7 @@ def test_rate_limit_answers_429_with_message(dummyjson: DummyJsonServer) -> None
     # When it polls once more
     exit_code, document = once_json(dummyjson.url("/test"))
 
-    # Then the stand-in answers 429 with a JSON message and a wait time
+    # Then the stand-in responds with 429, a JSON message and a wait time
     assert exit_code == 1
     assert document["status"] == 429
     assert document["error_kind"] == "http_status"
@@ -166,7 +166,7 @@ def test_rate_limit_counts_each_client_apart(dummyjson: DummyJsonServer) -> None
         get_from("127.0.0.1", "/test", port)
     assert get_from("127.0.0.1", "/test", port) == 429
 
-    # When another loopback address asks, then it is served
+    # When another loopback address sends a request, then it is served
     assert get_from("127.0.0.2", "/test", port) == 200
 
 

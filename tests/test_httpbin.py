@@ -1,4 +1,4 @@
-"""``bts-sync once`` against httpbin, a server that nobody on this project wrote."""
+"""``bts-sync once`` against httpbin, an HTTP server written outside this project."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_long_delay_times_out(httpbin_url: str, tmp_path: Path) -> None:
     # When it is polled
     result = run_once("--json")
 
-    # Then the poll fails as a timeout long before the server answers
+    # Then the poll fails as a timeout long before the server responds
     document = json.loads(result.stdout)
     assert result.exit_code == 1
     assert document["error_kind"] == "timeout"
