@@ -482,6 +482,32 @@ def test_secrets_never_printed(
         assert secret not in result.stderr
 
 
+def test_secrets_written_in_file_stay_out_of_debug_log(
+    httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    # Given secret-looking query values written into the file itself
+    httpserver.expect_request("/items").respond_with_json({})
+    write_config(
+        tmp_path,
+        f"""
+        [[endpoints]]
+        name = "api"
+        url = "{httpserver.url_for("/items")}?access_token=url-literal-5190"
+        params = {{ api_key = "param-literal-5190", page = "2" }}
+        """,
+    )
+
+    # When the request line is logged at DEBUG, urllib3's included
+    result = run_cli("--log-level", "debug", "once")
+
+    # Then neither value appears, but the request was logged
+    request, _ = httpserver.log[-1]
+    assert request.args["api_key"] == "param-literal-5190"
+    assert "url-literal-5190" not in result.stderr
+    assert "param-literal-5190" not in result.stderr
+    assert "page=2" in result.stderr
+
+
 def test_masked_url_is_printed(
     httpserver: HTTPServer, secret_endpoint: dict[str, str]
 ) -> None:
