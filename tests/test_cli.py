@@ -482,7 +482,7 @@ def test_secrets_never_printed(
         assert secret not in result.stderr
 
 
-def test_secrets_written_in_file_stay_out_of_debug_log(
+def test_file_secrets_masked_in_debug_log(
     httpserver: HTTPServer, tmp_path: Path
 ) -> None:
     # Given secret-looking query values written into the file itself
@@ -497,7 +497,7 @@ def test_secrets_written_in_file_stay_out_of_debug_log(
         """,
     )
 
-    # When the request line is logged at DEBUG, urllib3's included
+    # When the command runs with DEBUG logs, which include urllib3's request line
     result = run_cli("--log-level", "debug", "once")
 
     # Then neither value appears, but the request was logged
