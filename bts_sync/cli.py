@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -154,11 +155,24 @@ def load_context_settings(ctx: click.Context) -> Any:
     return load_settings(obj.get("config_path"), redis_url=obj.get("redis_url"))
 
 
+def stdout_is_terminal() -> bool:
+    """Tell whether standard output is a terminal, or FORCE_COLOR requests rich output anyway."""
+    return sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+
+
 def make_console(stderr: bool = False) -> Any:
     """Create the rich console used for output; colors follow the terminal and NO_COLOR."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    # rich honours NO_COLOR by dropping colours only, so bold and dim still
+    # reach the terminal as escape codes. With no colour system, nothing does.
+    no_color = bool(os.environ.get("NO_COLOR"))
+    return Console(
+        stderr=stderr,
+        highlight=False,
+        soft_wrap=False,
+        color_system=None if no_color else "auto",
+    )
 
 
 @cli.command()
@@ -190,7 +204,7 @@ def once(
     """
     from bts_sync.config import ad_hoc_endpoint
     from bts_sync.fetch import fetch
-    from bts_sync.render import print_result
+    from bts_sync.render import plain_result, print_result
 
     if url is not None and name is None:
         endpoint = ad_hoc_endpoint(url)
@@ -203,8 +217,10 @@ def once(
     result = fetch(endpoint)
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
-    else:
+    elif stdout_is_terminal():
         print_result(make_console(), result, verbose=verbose, full=full)
+    else:
+        click.echo(plain_result(result, verbose=verbose), nl=False)
     ctx.exit(0 if result.ok else EXIT_ENDPOINT_FAILED)
 
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from bts_sync.errors import ConfigError
-from bts_sync.redact import is_secret_name, mask_url, register_secret
+from bts_sync.redact import is_secret_name, mask_text, mask_url, register_secret
 
 #: Endpoint polled when no configuration file exists.
 DEFAULT_URL = "https://dummyjson.com/test"
@@ -321,7 +321,11 @@ class _Problems:
         self.lines: list[str] = []
 
     def add(self, where: str, key: str, value: Any, problem: str) -> None:
-        shown = mask_url(value) if isinstance(value, str) else value
+        shown = value
+        if isinstance(value, str):
+            # mask_url re-assembles what it parses, lower-casing anything before
+            # a colon, so only values that look like URLs go through it.
+            shown = mask_url(value) if "://" in value else mask_text(value)
         self.lines.append(f"{self.source}: {where}{key} = {shown!r}: {problem}")
 
     def add_plain(self, message: str) -> None:
@@ -707,6 +711,13 @@ def _check_url(url: str, where: str, problems: _Problems) -> None:
         problems.add(where, "url", url, "has a port outside 1 to 65535.")
 
 
+def _query_pairs(url: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(urlsplit(url).query)
+    except ValueError:
+        return []
+
+
 def _build_endpoint(
     raw: Mapping[str, Any],
     defaults: Mapping[str, Any],
@@ -756,6 +767,11 @@ def _build_endpoint(
     for header, value in values["headers"].items():
         if is_secret_name(header):
             register_secret(value.split(" ", 1)[-1])
+    # Secret-looking query values written into the file are registered too, so
+    # that they are masked in urllib3's debug log of the request line.
+    for name, value in [*values["params"].items(), *_query_pairs(values["url"])]:
+        if is_secret_name(name):
+            register_secret(value)
 
     return _finish_endpoint(values, where, problems)
 
@@ -765,7 +781,7 @@ def _finish_endpoint(
 ) -> Endpoint | None:
     """Derive the defaults that depend on other keys and check keys against each other."""
     interval = values.get("interval_s", DEFAULT_INTERVAL_S)
-    deadline = values.get("deadline_s")
+    deadline = values.pop("deadline_s", None)
     if deadline is None:
         deadline = round(
             min(DEFAULT_MAX_DEADLINE_S, interval * DEFAULT_DEADLINE_SHARE), 3

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -137,6 +139,76 @@ class _FetchFailure(Exception):
         self.message = message
 
 
+class _DeadlineGuard:
+    """Shuts the socket of a request down when the request's total deadline passes.
+
+    Socket timeouts bound each read, not their sum, so a server that sends its
+    status line, its headers or its body one byte at a time would otherwise
+    hold a request far past the deadline. Shutting the socket down from a
+    timer thread makes the blocked read return at once.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Arm the timer for ``sock``, replacing the socket watched so far."""
+        self.cancel()
+        if sock is None:
+            return
+        delay = max(0.0, self.deadline - time.monotonic())
+        self._timer = threading.Timer(delay, self._expire, (sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        """Stop the timer, if it has not fired yet."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, sock: socket.socket) -> None:
+        self.expired = True
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+# The guard of the fetch running on this thread, for the connections below.
+_current = threading.local()
+
+
+def _watch_socket(sock: socket.socket | None) -> None:
+    guard: _DeadlineGuard | None = getattr(_current, "guard", None)
+    if guard is not None:
+        guard.watch(sock)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    """HTTP connection whose socket is shut down at the fetch's deadline."""
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        _watch_socket(self.sock)
+        return super().getresponse()
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    """HTTPS connection whose socket is shut down at the fetch's deadline."""
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        _watch_socket(self.sock)
+        return super().getresponse()
+
+
+class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
 def get_pool(verify_tls: bool) -> urllib3.PoolManager:
     """Return the process-wide connection pool for the given TLS verification.
 
@@ -151,6 +223,10 @@ def get_pool(verify_tls: bool) -> urllib3.PoolManager:
                 maxsize=8,
                 cert_reqs="CERT_REQUIRED" if verify_tls else "CERT_NONE",
             )
+            pool.pool_classes_by_scheme = {
+                "http": _HTTPConnectionPool,
+                "https": _HTTPSConnectionPool,
+            }
             _pools[verify_tls] = pool
         return pool
 
@@ -172,7 +248,7 @@ def fetch(
     started_at = time.time()
     started = time.monotonic()
     deadline = started + endpoint.deadline_s
-    masked_url = mask_url(endpoint.url)
+    masked_url = mask_url(_request_url(endpoint))
     base = {
         "endpoint": endpoint.name,
         "method": endpoint.method,
@@ -181,9 +257,16 @@ def fetch(
     }
 
     response: urllib3.BaseHTTPResponse | None = None
+    body_read = False
+    guard = _DeadlineGuard(deadline)
+    _current.guard = guard
     try:
         response = _send(endpoint, extra_headers)
         raw = _read_body(response, endpoint, deadline)
+        if guard.expired:
+            # The shut-down socket may have ended the body early without an error.
+            raise _FetchFailure("timeout", _deadline_message(endpoint))
+        body_read = True
         conditional = any(
             name.lower() in _CONDITIONAL_HEADERS for name in (extra_headers or {})
         )
@@ -191,14 +274,31 @@ def fetch(
     except _FetchFailure as failure:
         result = _failure(base, started, failure.kind, failure.message, response)
     except Exception as exc:
-        kind, message = _classify(exc, endpoint)
+        if guard.expired:
+            kind, message = "timeout", _deadline_message(endpoint)
+        else:
+            kind, message = _classify(exc, endpoint)
         result = _failure(base, started, kind, message, response)
     finally:
+        guard.cancel()
+        _current.guard = None
         if response is not None:
+            # The rest of an unread response may still arrive on the connection.
+            # Back in the pool, the next request would read it as its own.
+            if not body_read:
+                response.close()
             response.release_conn()
 
     _log(result)
     return result
+
+
+def _request_url(endpoint: Endpoint) -> str:
+    """Return the endpoint's URL with its configured query parameters added."""
+    if not endpoint.params:
+        return endpoint.url
+    separator = "&" if "?" in endpoint.url else "?"
+    return endpoint.url + separator + urlencode(dict(endpoint.params))
 
 
 def _send(
@@ -218,10 +318,6 @@ def _send(
         body = json.dumps(endpoint.json_body).encode()
         headers.setdefault("Content-Type", "application/json")
 
-    url = endpoint.url
-    if endpoint.params:
-        url = url + ("&" if "?" in url else "?") + urlencode(dict(endpoint.params))
-
     timeout = urllib3.Timeout(
         connect=endpoint.connect_timeout_s,
         read=min(endpoint.read_timeout_s, endpoint.deadline_s),
@@ -239,7 +335,7 @@ def _send(
     )
     return get_pool(endpoint.verify_tls).request(
         endpoint.method,
-        url,
+        _request_url(endpoint),
         body=body,
         headers=headers,
         timeout=timeout,
@@ -274,10 +370,7 @@ def _read_body(
     size = 0
     while True:
         if time.monotonic() > deadline:
-            raise _FetchFailure(
-                "timeout",
-                f"Response did not finish within the deadline of {endpoint.deadline_s:g} s.",
-            )
+            raise _FetchFailure("timeout", _deadline_message(endpoint))
         chunk = response.read1(_CHUNK_BYTES)
         if not chunk:
             break
@@ -289,6 +382,10 @@ def _read_body(
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _deadline_message(endpoint: Endpoint) -> str:
+    return f"Response did not finish within the deadline of {endpoint.deadline_s:g} s."
 
 
 def _media_type(headers: Mapping[str, str]) -> tuple[str, str]:

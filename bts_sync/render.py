@@ -1,24 +1,43 @@
-"""Rich output for people: poll results, headers and bodies.
+"""Output for people: poll results, headers and bodies.
+
+A terminal gets rich output: colours, a table of headers, wrapped lines and
+long bodies cut. Any other output gets the same content as plain text from
+``plain_result``, which keeps long lines whole and loads no rich module, so
+that ``bts-sync once`` in a script starts sooner.
 
 Every string that comes from a server or a configuration goes into ``Text``
-objects or ``Syntax``, which never interpret rich markup, so a body containing
-``[bold]`` prints as it is.
+objects, which never interpret rich markup, so a body containing ``[bold]``
+prints as it is. Control characters in server text are shown as
+escapes such as ``\\x1b``, because rich passes ESC through to the terminal.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
-
-from rich.console import Console, Group, RenderableType
-from rich.syntax import Syntax
-from rich.table import Table
-from rich.text import Text
+import re
+from typing import TYPE_CHECKING, Any
 
 from bts_sync.fetch import FetchResult
 
+# rich modules are imported in the functions that use them, so that plain
+# output never loads them.
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
 #: Body lines printed to a terminal before the rest is cut, unless ``--full``.
 MAX_BODY_LINES = 120
+
+
+# C0 and C1 control characters other than tab, line feed and carriage return,
+# which rich handles itself.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Replace control characters with visible escapes, so server text cannot drive the terminal."""
+    return _CONTROL_RE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def status_style(status: int | None, ok: bool = True) -> str:
@@ -42,39 +61,63 @@ def format_size(size: int) -> str:
     return f"{value:.1f} GB"  # pragma: no cover - loop always returns
 
 
+def _status_text(result: FetchResult) -> str:
+    if result.status is None:
+        return result.error_kind or "failed"
+    return printable(f"{result.status} {result.reason}".rstrip())
+
+
+def _timing_text(result: FetchResult) -> str:
+    return f"  {result.elapsed_ms:.0f} ms  {format_size(result.size)}"
+
+
 def status_line(result: FetchResult) -> Text:
     """Build the one-line summary: method, URL, status, elapsed time and size."""
-    line = Text.assemble((result.method, "bold"), " ", (result.url, "cyan"), " ")
-    if result.status is not None:
-        line.append(
-            f"{result.status} {result.reason}".rstrip(),
-            style=status_style(result.status, result.ok),
-        )
-    else:
-        line.append(result.error_kind or "failed", style="bold red")
-    line.append(
-        f"  {result.elapsed_ms:.0f} ms  {format_size(result.size)}", style="dim"
+    from rich.text import Text
+
+    line = Text.assemble(
+        (result.method, "bold"), " ", (printable(result.url), "cyan"), " "
     )
+    line.append(_status_text(result), style=status_style(result.status, result.ok))
+    line.append(_timing_text(result), style="dim")
     return line
 
 
 def headers_table(headers: dict[str, str]) -> Table:
     """Build a two-column table of response headers."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_header=False, box=None, padding=(0, 1, 0, 0))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for name, value in headers.items():
-        table.add_row(Text(name), Text(value))
+        table.add_row(Text(printable(name)), Text(printable(value)))
     return table
 
 
-def body_renderable(body: Any, is_json: bool, max_lines: int | None) -> RenderableType:
-    """Pretty-print a body: highlighted JSON, or plain text, cut after ``max_lines``."""
+def _body_text(body: Any, is_json: bool) -> str:
     if is_json:
-        text = json.dumps(body, indent=2, ensure_ascii=False)
-    else:
-        text = "" if body is None else str(body)
+        return json.dumps(body, indent=2, ensure_ascii=False)
+    return "" if body is None else str(body)
 
+
+def body_renderable(
+    body: Any, is_json: bool, max_lines: int | None, highlight: bool = True
+) -> RenderableType:
+    """Pretty-print a body: JSON indented and, with ``highlight``, coloured; text as it is.
+
+    Args:
+        body: Decoded JSON value or text.
+        is_json: Whether ``body`` is decoded JSON.
+        max_lines: Lines shown before the rest is cut, or None for all.
+        highlight: Colour JSON syntax. Pass False for a console without
+            colours, where highlighting would only cost time.
+    """
+    from rich.console import Group
+    from rich.text import Text
+
+    text = _body_text(body, is_json)
     lines = text.splitlines()
     cut_note: Text | None = None
     if max_lines is not None and len(lines) > max_lines:
@@ -85,14 +128,14 @@ def body_renderable(body: Any, is_json: bool, max_lines: int | None) -> Renderab
             style="dim italic",
         )
 
-    body_part: RenderableType
-    if is_json:
-        body_part = Syntax(
-            text, "json", theme="ansi_dark", word_wrap=True, background_color="default"
-        )
-    else:
-        body_part = Text(text)
-    return Group(body_part, cut_note) if cut_note is not None else body_part
+    body_text = Text(printable(text))
+    if is_json and highlight:
+        # rich's regular-expression JSON highlighter, which rich.print_json uses.
+        # rich.syntax with Pygments looks alike but adds about 7 ms of imports.
+        from rich.highlighter import JSONHighlighter
+
+        body_text = JSONHighlighter()(body_text)
+    return Group(body_text, cut_note) if cut_note is not None else body_text
 
 
 def print_result(
@@ -106,6 +149,8 @@ def print_result(
         verbose: Also print the response headers.
         full: Print the whole body even when it is long.
     """
+    from rich.text import Text
+
     console.print(status_line(result))
     if result.error:
         console.print(
@@ -113,7 +158,7 @@ def print_result(
                 ("error ", "bold red"),
                 (result.error_kind or "", "red"),
                 ": ",
-                result.error,
+                printable(result.error),
             )
         )
     if verbose and result.headers:
@@ -121,7 +166,33 @@ def print_result(
     if result.body is not None and result.body != "":
         console.print()
         max_lines = None if full or not console.is_terminal else MAX_BODY_LINES
-        console.print(body_renderable(result.body, result.is_json, max_lines))
+        highlight = console.color_system is not None
+        console.print(
+            body_renderable(result.body, result.is_json, max_lines, highlight)
+        )
+
+
+def plain_result(result: FetchResult, verbose: bool = False) -> str:
+    """Format a poll result as plain text, for output that is not a terminal.
+
+    The content is that of ``print_result``: the status line, the error, the
+    headers with ``verbose`` (one ``Name: value`` line each) and the whole body.
+    Lines are not wrapped and nothing is styled.
+    """
+    lines = [
+        f"{result.method} {printable(result.url)} {_status_text(result)}"
+        + _timing_text(result)
+    ]
+    if result.error:
+        lines.append(f"error {result.error_kind or ''}: {printable(result.error)}")
+    if verbose:
+        lines += [
+            f"{printable(name)}: {printable(value)}"
+            for name, value in result.headers.items()
+        ]
+    if result.body is not None and result.body != "":
+        lines += ["", printable(_body_text(result.body, result.is_json))]
+    return "\n".join(lines) + "\n"
 
 
 def format_age(seconds: float | None) -> str:

@@ -1,16 +1,25 @@
-"""Shared fixtures: a throwaway redis-server on a free loopback port."""
+"""Shared fixtures: throwaway servers on 127.0.0.1 and a clean environment per test.
+
+Servers: redis-server, httpbin and the DummyJSON stand-in. pytest-httpserver's
+``httpserver`` is bound to 127.0.0.1 too. Every test runs in its own empty
+working folder with no ``BTS_SYNC_*`` or ``REDIS_URL`` variables, so that no
+test reads a stray ``bts-sync.toml`` or polls the public default endpoint.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dummyjson_server import DummyJsonServer
 
 
 def free_port() -> int:
@@ -83,3 +92,70 @@ def redis_url(redis_server: str) -> Iterator[str]:
     client.flushdb()
     client.close()
     yield url
+
+
+@pytest.fixture(scope="session")
+def httpserver_listen_address() -> tuple[str, int]:
+    """Bind pytest-httpserver to 127.0.0.1 on a free port, never to other interfaces."""
+    return ("127.0.0.1", 0)
+
+
+#: Variables that change what bts-sync polls or prints; tests set them explicitly.
+_ISOLATED_VARIABLES = ("REDIS_URL", "NO_COLOR", "FORCE_COLOR", "COLUMNS")
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[None]:
+    """Run each test in an empty folder, without bts-sync's variables, and restore logging.
+
+    The CLI replaces the root logger's handlers; the originals, among them
+    pytest's capture handlers, are put back afterwards.
+    """
+    for name in list(os.environ):
+        if name.startswith("BTS_SYNC_") and name != "BTS_SYNC_FIXTURES_DIR":
+            monkeypatch.delenv(name)
+    for name in _ISOLATED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def quiet_test_servers() -> None:
+    """Keep the request log of werkzeug-based test servers out of bts-sync's stderr.
+
+    pytest-httpserver and httpbin run in the test process, and werkzeug logs
+    each request at INFO, which the CLI's root handler would print.
+    """
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def httpbin_url() -> Iterator[str]:
+    """Serve httpbin from PyPI on 127.0.0.1 for the session and return its base URL."""
+    from httpbin import app
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="httpbin")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+@pytest.fixture
+def dummyjson() -> Iterator[DummyJsonServer]:
+    """Serve the DummyJSON stand-in with the live API's rate limit, fresh for each test."""
+    with DummyJsonServer() as server:
+        yield server
