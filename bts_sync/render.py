@@ -233,6 +233,9 @@ def status_table(rows: list[dict[str, Any]], now_s: float) -> Table:
         rows: One dict per endpoint, as built by ``bts_sync.commands.collect_status``.
         now_s: Current Unix time, for ages and due times.
     """
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(expand=False, header_style="bold", pad_edge=False)
     for column in (
         "endpoint",
@@ -286,6 +289,8 @@ def status_table(rows: list[dict[str, Any]], now_s: float) -> Table:
 
 def queue_line(depths: dict[str, int]) -> Text:
     """Build the one-line summary of queue depths."""
+    from rich.text import Text
+
     return Text.assemble(
         ("queue ", "bold"),
         f"ready {depths.get('ready', 0)}  delayed {depths.get('delayed', 0)}  dead-lettered {depths.get('dead', 0)}",

@@ -154,7 +154,7 @@ def test_rate_limit_answers_429_with_message(dummyjson: DummyJsonServer) -> None
     # Then the stand-in responds with 429, a JSON message and a wait time
     assert exit_code == 1
     assert document["status"] == 429
-    assert document["error_kind"] == "http_status"
+    assert document["error_kind"] == "rate_limited"
     assert document["body"]["message"].startswith("Too many requests.")
     assert 1 <= int(document["headers"]["Retry-After"]) <= 10
 
