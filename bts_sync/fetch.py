@@ -7,8 +7,11 @@ redirect loops all come back as a result with an error kind and a message.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -139,37 +142,85 @@ class _FetchFailure(Exception):
         self.message = message
 
 
+class _DeadlineWatcher:
+    """One thread per process that shuts down sockets whose fetch deadline passed.
+
+    A timer thread per request would cost a thread start for every poll; one
+    thread with a heap of deadlines serves every fetch of the process.
+    Cancelled entries are marked inactive and dropped when they reach the top.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []
+        self._order = itertools.count()
+        self._condition = threading.Condition()
+        self._pid: int | None = None
+
+    def add(
+        self, deadline: float, guard: _DeadlineGuard, sock: socket.socket
+    ) -> list[Any]:
+        """Watch ``sock`` until ``deadline`` (monotonic); return the entry to cancel."""
+        entry = [deadline, next(self._order), guard, sock, True]
+        with self._condition:
+            if self._pid != os.getpid():
+                # First use, or first use after a fork: the thread is not running here.
+                self._heap = []
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._run, name="bts-sync-deadlines", daemon=True
+                ).start()
+            heapq.heappush(self._heap, entry)
+            self._condition.notify()
+        return entry
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._heap:
+                    self._condition.wait()
+                entry = self._heap[0]
+                if not entry[4]:
+                    heapq.heappop(self._heap)
+                    continue
+                delay = entry[0] - time.monotonic()
+                if delay > 0:
+                    self._condition.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            entry[2].expire(entry[3])
+
+
+_watcher = _DeadlineWatcher()
+
+
 class _DeadlineGuard:
     """Shuts the socket of a request down when the request's total deadline passes.
 
     Socket timeouts bound each read, not their sum, so a server that sends its
     status line, its headers or its body one byte at a time would otherwise
-    hold a request far past the deadline. Shutting the socket down from a
-    timer thread makes the blocked read return at once.
+    hold a request far past the deadline. Shutting the socket down from the
+    watcher thread makes the blocked read return at once.
     """
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.expired = False
-        self._timer: threading.Timer | None = None
+        self._entry: list[Any] | None = None
 
     def watch(self, sock: socket.socket | None) -> None:
-        """Arm the timer for ``sock``, replacing the socket watched so far."""
+        """Watch ``sock`` until the deadline, replacing the socket watched so far."""
         self.cancel()
-        if sock is None:
-            return
-        delay = max(0.0, self.deadline - time.monotonic())
-        self._timer = threading.Timer(delay, self._expire, (sock,))
-        self._timer.daemon = True
-        self._timer.start()
+        if sock is not None:
+            self._entry = _watcher.add(self.deadline, self, sock)
 
     def cancel(self) -> None:
-        """Stop the timer, if it has not fired yet."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Stop watching, if the deadline has not passed yet."""
+        if self._entry is not None:
+            self._entry[4] = False
+            self._entry = None
 
-    def _expire(self, sock: socket.socket) -> None:
+    def expire(self, sock: socket.socket) -> None:
+        """Mark the fetch as expired and shut its socket down."""
         self.expired = True
         with suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
