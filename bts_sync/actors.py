@@ -458,9 +458,16 @@ def _record(
     decided_ms = now_ms()
     hold = politeness.decide_hold(endpoint, result, streak_before, slot_ms, decided_ms)
 
+    checked_s = time.time()
+
     def also(pipe: Any) -> None:
         chain.release_poll(pipe, client, prefix, endpoint.name, slot_ms)
         chain.queue_hold(pipe, prefix, endpoint.name, hold)
+        hooks.queue_poll_checks(
+            pipe, client, SETTINGS, endpoint.name, result, lateness_ms, checked_s
+        )
+
+    also_replies: list[Any] = []
 
     try:
         change = record_and_detect_change(
@@ -471,6 +478,7 @@ def _record(
             SETTINGS.history_length,
             digest=digest,
             also=also,
+            also_replies=also_replies,
         )
     except redis.RedisError as exc:
         _warn_redis_failure("recording", endpoint.name, slot_ms, exc, "result lost")
@@ -521,7 +529,7 @@ def _record(
             _describe_hold(hold, decided_ms),
             extra=fields,
         )
-    hooks.after_poll(client, SETTINGS, endpoint.name, result, lateness_ms)
+    hooks.report_health(SETTINGS, endpoint.name, result, also_replies[-1], checked_s)
 
     if change is not None and endpoint.on_change is not None:
         deliver_change(broker, endpoint, result, change)

@@ -25,6 +25,7 @@ import redis
 import urllib3
 
 from bts_sync.config import mask_webhook_url
+from bts_sync.connection import queue_script
 from bts_sync.redact import mask_text
 from bts_sync.store import stats_key
 
@@ -169,10 +170,11 @@ def queue_health_check(
     """
     health_check, _ = _scripts(client)
     error = mask_text(last_error)[:MAX_REASON_LENGTH]
-    health_check(
-        keys=[stats_key(prefix, name), alert_key(prefix, name)],
-        args=[threshold, f"{now_s:.3f}", error],
-        client=pipe,
+    queue_script(
+        pipe,
+        health_check,
+        [stats_key(prefix, name), alert_key(prefix, name)],
+        [threshold, f"{now_s:.3f}", error],
     )
 
 

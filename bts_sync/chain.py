@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from bts_sync.connection import queue_script
 from bts_sync.store import latest_key, stats_key
 
 if TYPE_CHECKING:
@@ -331,9 +332,7 @@ def release_poll(
     pipe: Any, client: redis.Redis, prefix: str, name: str, slot_ms: int
 ) -> None:
     """Queue, on ``pipe``, the removal of the in-progress mark set for ``slot_ms``."""
-    _scripts(client).release(
-        keys=[running_key(prefix, name)], args=[slot_ms], client=pipe
-    )
+    queue_script(pipe, _scripts(client).release, [running_key(prefix, name)], [slot_ms])
 
 
 def stop(client: redis.Redis, prefix: str, name: str) -> bool:

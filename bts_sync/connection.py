@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from bts_sync.errors import RedisUnavailableError
@@ -46,3 +48,37 @@ def describe(exc: BaseException) -> str:
 
     text = str(exc).strip() or type(exc).__name__
     return mask_text(text.rstrip("."))
+
+
+# Sources of the scripts queued on pipelines, by SHA-1, to load them again after
+# Redis lost them (a restart or SCRIPT FLUSH).
+_script_sources: dict[str, str | bytes] = {}
+
+
+def queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+    """Queue an ``EVALSHA`` of a registered ``script`` on ``pipe``.
+
+    redis-py's own ``script(..., client=pipe)`` makes every ``execute`` send
+    ``SCRIPT EXISTS`` first, an extra round trip on every poll; scripts queued
+    here are checked only when Redis reports them missing.
+    """
+    _script_sources[script.sha] = script.script
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def execute_pipeline(pipe: Any, client: redis.Redis) -> list[Any]:
+    """Execute ``pipe`` and return its replies, loading missing scripts on the way.
+
+    A command that failed with ``NOSCRIPT`` did not run, so it is run again
+    once its script is loaded. Any other error is raised.
+    """
+    commands = [args for args, _options in pipe.command_stack]
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    for index, reply in enumerate(replies):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            sha = commands[index][1]
+            client.script_load(_script_sources[sha])
+            replies[index] = client.execute_command(*commands[index])  # type: ignore[no-untyped-call]
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies

@@ -1,25 +1,67 @@
 """Monitoring work done by the worker: after each recorded poll and in each watchdog run.
 
-After a poll, one Redis transaction updates the metric counters and runs the
-health check, which costs one round trip on the poll path. An alert, which is
-rare, is logged and handed to a background thread for the webhook.
+After a poll, the metric counters and the health check go in the same Redis
+pipeline that records the poll, so they cost no round trip of their own. An
+alert, which is rare, is logged and handed to a background thread for the
+webhook.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
 
 from bts_sync import alerts, metrics
 from bts_sync.config import Settings
-from bts_sync.connection import describe
+from bts_sync.connection import describe, execute_pipeline
 from bts_sync.errors import UnknownEndpointError
 from bts_sync.fetch import FetchResult
 from bts_sync.redact import mask_url
 
 logger = logging.getLogger(__name__)
+
+
+def queue_poll_checks(
+    pipe: Any,
+    client: redis.Redis,
+    settings: Settings,
+    name: str,
+    result: FetchResult,
+    lateness_ms: float,
+    now_s: float,
+) -> None:
+    """Queue, on ``pipe``, the metric counters and the health check of a poll.
+
+    Queue them after the commands that record the poll, whose counters the
+    health check reads. The last reply of the pipeline goes to ``report_health``.
+    """
+    outcome = "ok" if result.ok else (result.error_kind or "failed")
+    last_error = f"{result.error_kind}: {result.error}" if not result.ok else ""
+    metrics.queue_observation(
+        pipe, settings.key_prefix, name, outcome, result.elapsed_ms, lateness_ms
+    )
+    alerts.queue_health_check(
+        pipe,
+        client,
+        settings.key_prefix,
+        name,
+        settings.alert_after_failures,
+        now_s,
+        last_error,
+    )
+
+
+def report_health(
+    settings: Settings, name: str, result: FetchResult, reply: Any, now_s: float
+) -> alerts.Alert | None:
+    """Log and send the alert that the health check's ``reply`` describes, if any."""
+    alert = alerts.alert_from_reply(name, reply, now_s)
+    if alert is not None:
+        alerts.report(alert, settings.alert_webhook, mask_url(result.url))
+    return alert
 
 
 def after_poll(
@@ -29,30 +71,17 @@ def after_poll(
     result: FetchResult,
     lateness_ms: float,
 ) -> alerts.Alert | None:
-    """Count the recorded poll for the metrics and report a change of health.
+    """Count a recorded poll for the metrics and report a change of health.
 
-    Call it after ``store.record_poll``, whose counters the health check reads.
-    It never raises: a Redis failure is logged and the poll's metrics are lost.
+    The worker queues the same commands in the pipeline that records the poll;
+    this stand-alone form costs one round trip of its own. It never raises: a
+    Redis failure is logged and the poll's metrics are lost.
     """
-    prefix = settings.key_prefix
     now_s = time.time()
-    outcome = "ok" if result.ok else (result.error_kind or "failed")
-    last_error = f"{result.error_kind}: {result.error}" if not result.ok else ""
     try:
         pipe = client.pipeline(transaction=True)
-        metrics.queue_observation(
-            pipe, prefix, name, outcome, result.elapsed_ms, lateness_ms
-        )
-        alerts.queue_health_check(
-            pipe,
-            client,
-            prefix,
-            name,
-            settings.alert_after_failures,
-            now_s,
-            last_error,
-        )
-        replies = pipe.execute()
+        queue_poll_checks(pipe, client, settings, name, result, lateness_ms, now_s)
+        replies = execute_pipeline(pipe, client)
     except redis.RedisError as exc:
         logger.warning(
             "Redis failed while counting the poll of endpoint %r for metrics and alerts (%s).",
@@ -60,11 +89,7 @@ def after_poll(
             describe(exc),
         )
         return None
-
-    alert = alerts.alert_from_reply(name, replies[-1], now_s)
-    if alert is not None:
-        alerts.report(alert, settings.alert_webhook, mask_url(result.url))
-    return alert
+    return report_health(settings, name, result, replies[-1], now_s)
 
 
 def after_watchdog_check(

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from bts_sync import changes
+from bts_sync.connection import execute_pipeline, queue_script
 from bts_sync.fetch import FetchResult
 
 logger = logging.getLogger(__name__)
@@ -249,6 +250,7 @@ def record_and_detect_change(
     history_length: int,
     digest: str | None = None,
     also: Callable[[Any], None] | None = None,
+    also_replies: list[Any] | None = None,
 ) -> ChangeEvent | None:
     """Store a poll like ``record_poll`` and return the change event it added.
 
@@ -262,6 +264,7 @@ def record_and_detect_change(
             whole body.
         also: Adds more commands to the same pipeline, so they cost no extra
             round trip.
+        also_replies: Receives the replies of the commands that ``also`` added.
 
     Returns:
         The new change stream entry, or None when the content did not change
@@ -295,10 +298,13 @@ def record_and_detect_change(
     ]
 
     pipe = client.pipeline(transaction=False)
-    _record_script(client)(keys=keys, args=args, client=pipe)
+    queue_script(pipe, _record_script(client), keys, args)
     if also is not None:
         also(pipe)
-    reply = pipe.execute()[0]
+    replies = execute_pipeline(pipe, client)
+    if also_replies is not None:
+        also_replies.extend(replies[1:])
+    reply = replies[0]
     if not reply:
         return None
     entry_id, previous = (item.decode() for item in reply)
