@@ -490,7 +490,7 @@ def _finish_endpoint(
 ) -> Endpoint | None:
     """Derive the defaults that depend on other keys and check keys against each other."""
     interval = values.get("interval_s", DEFAULT_INTERVAL_S)
-    deadline = values.get("deadline_s")
+    deadline = values.pop("deadline_s", None)
     if deadline is None:
         deadline = round(
             min(DEFAULT_MAX_DEADLINE_S, interval * DEFAULT_DEADLINE_SHARE), 3
