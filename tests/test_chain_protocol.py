@@ -8,7 +8,6 @@ overlapping polls, ``stop`` taking effect, and an atomic re-seed.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from workers import write_config
+from workers import forget_actors, import_actors, write_config
 
 from bts_sync import chain, store
 from bts_sync.fetch import FetchResult
@@ -345,13 +344,8 @@ def actors(
         tmp_path / "bts-sync.toml",
         [{"name": NAME, "url": "http://127.0.0.1:9/items", "interval": 1}],
     )
-    monkeypatch.setenv("BTS_SYNC_CONFIG", str(config))
-    monkeypatch.setenv("BTS_SYNC_REDIS_URL", redis_url)
-    monkeypatch.delitem(sys.modules, "bts_sync.actors", raising=False)
-    import bts_sync.actors as module
-
-    yield module
-    sys.modules.pop("bts_sync.actors", None)
+    yield import_actors(monkeypatch, config, redis_url)
+    forget_actors()
 
 
 def test_run_slot_records_internal_error(

@@ -221,14 +221,26 @@ def import_actors(monkeypatch: Any, config_path: Path, redis_url: str) -> Module
     """Import ``bts_sync.actors`` afresh in the test process, configured like the workers.
 
     The module reads its settings at import, so a module left by an earlier
-    test would use that test's configuration. The caller removes it from
-    ``sys.modules`` again when the test ends.
+    test would use that test's configuration. The caller calls
+    ``forget_actors`` when the test ends.
     """
     monkeypatch.setenv("BTS_SYNC_CONFIG", str(config_path))
     monkeypatch.setenv("BTS_SYNC_REDIS_URL", redis_url)
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.delitem(sys.modules, "bts_sync.actors", raising=False)
+    forget_actors()
     return importlib.import_module("bts_sync.actors")
+
+
+def forget_actors() -> None:
+    """Drop ``bts_sync.actors`` from this process, so the next import reads the settings again.
+
+    ``from bts_sync import actors`` returns the package's attribute when it is
+    set, so that goes too.
+    """
+    sys.modules.pop("bts_sync.actors", None)
+    package = sys.modules.get("bts_sync")
+    if package is not None and hasattr(package, "actors"):
+        delattr(package, "actors")
 
 
 def children_of(pid: int) -> list[int]:
