@@ -181,12 +181,12 @@ def test_show_prints_latest_body(
     invoke("start")
     poll_once(actors, client)
 
-    shown = invoke("show", NAME)
+    rendered = invoke("show", NAME)
     raw = invoke("show", NAME, "--raw")
 
-    assert shown.exit_code == 0
-    assert "200" in shown.output
-    assert '"items"' in shown.output
+    assert rendered.exit_code == 0
+    assert "200" in rendered.output
+    assert '"items"' in rendered.output
     assert json.loads(raw.output) == BODY
 
 
@@ -232,7 +232,7 @@ def test_unreachable_redis_prints_one_line(
     assert f"redis://user:***@127.0.0.1:{port}/0" in lines[0]
     assert "s3cret-pw" not in result.output
     assert "Traceback" not in result.output
-    # And run, told which Redis to use, started no Redis of its own
+    # And run, given a Redis URL, started no Redis of its own
     assert not (tmp_path / "state" / "redis").exists()
 
 
@@ -262,7 +262,7 @@ def test_run_starts_private_redis(
     redis_url: str,
     endpoint_log: EndpointLog,
 ) -> None:
-    # Given no Redis configured and none answering at the default URL
+    # Given no Redis configured and none listening on the default port
     if listening("127.0.0.1", 6379) or listening("::1", 6379):
         pytest.skip("something listens on port 6379, the default Redis port")
     env = process_env(config_path, redis_url)

@@ -52,8 +52,8 @@ PREFIX = "bts_sync"
 NAME = "items"
 
 #: Largest accepted distance, in seconds, between a request's arrival and its
-#: slot. Polls start a millisecond or two after the slot on an idle machine;
-#: the margin covers a loaded 2-core CI machine.
+#: slot. Polls start a millisecond or two after the slot on an idle machine,
+#: and the margin is an estimate for a loaded 2-core machine.
 ON_GRID_TOLERANCE_S = 0.1
 
 
@@ -227,9 +227,9 @@ def test_racing_starts_run_one_chain(
     run_cli(processes, "stop", NAME)
     wait_for_recorded(client, log)
 
-    # Then one start said started and the others already running
-    said_started = [output for output in outputs if "started" in output]
-    assert len(said_started) == 1
+    # Then one start printed started and the other already running
+    printed_started = [output for output in outputs if "started" in output]
+    assert len(printed_started) == 1
     assert "already running" in third.stdout
     # And every slot was polled once, by the one chain
     slots = arrival_slots(log.snapshot(), interval)
@@ -372,8 +372,8 @@ def test_failed_polls_keep_chain_running(
     config_path: Path,
     processes: ProcessSet,
 ) -> None:
-    # Given an endpoint that answers 500, 404, invalid JSON and too late,
-    # then 200
+    # Given an endpoint that responds with 500, 404, invalid JSON and too
+    # late, then with 200
     log = http.add_endpoint(
         "/items",
         json_body({"n": 1}),
@@ -417,7 +417,7 @@ def test_poll_outlives_message_time_limit(
     processes: ProcessSet,
     actors: Any,
 ) -> None:
-    # Given an endpoint that takes 1.2 s to answer, and a chain whose first
+    # Given an endpoint that takes 1.2 s to respond, and a chain whose first
     # message carries a time limit of 1 ms
     log = http.add_endpoint("/items", delayed(1.2, json_body({"n": 1})))
     configure(config_path, http.url("/items"), interval=1.5, deadline=1.4)
@@ -509,8 +509,8 @@ def test_no_poll_starts_after_stop(
     config_path: Path,
     processes: ProcessSet,
 ) -> None:
-    # Given a chain polled every 0.2 s; with a lead of 0.5 s, the worker
-    # holds two or three claimed slots that are not due yet
+    # Given a chain polled every 0.2 s. With a lead of 0.5 s, the worker
+    # has two or three claimed slots that are not due yet.
     interval = 0.2
     log = http.add_endpoint("/items", json_body({"n": 1}))
     configure(config_path, http.url("/items"), interval)
@@ -712,8 +712,8 @@ def test_sigterm_finishes_poll_in_progress(
     config_path: Path,
     processes: ProcessSet,
 ) -> None:
-    # Given a chain whose requests take 0.25 s; with a lead of 0.9 s, the
-    # worker always holds a claimed slot that is not due yet
+    # Given a chain whose requests take 0.25 s. With a lead of 0.9 s, the
+    # worker always has a claimed slot that is not due yet.
     interval = 0.5
     log = http.add_endpoint("/items", delayed(0.25, json_body({"n": 1})))
     configure(

@@ -28,7 +28,7 @@ from typing import Any
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-#: Folder of the Python that runs the tests; the ``dramatiq``, ``periodiq``
+#: Folder of the Python that runs the tests. The ``dramatiq``, ``periodiq``
 #: and ``honcho`` scripts of the same environment are there.
 BIN_DIR = Path(sys.executable).parent
 
@@ -56,8 +56,8 @@ def wait_until(
     """Call ``condition`` until it returns a true value, and return that value.
 
     Raises:
-        AssertionError: ``timeout_s`` passed first; the message says what was
-            expected.
+        AssertionError: ``timeout_s`` passed first. The message names the
+            condition that was expected.
     """
     deadline = time.monotonic() + timeout_s
     while True:
