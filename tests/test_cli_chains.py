@@ -26,6 +26,7 @@ from workers import (
     EndpointLog,
     ProcessSet,
     RecordingServer,
+    descendants_of,
     forget_actors,
     import_actors,
     json_body,
@@ -256,7 +257,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=str)
 def test_run_starts_private_redis(
+    stop_signal: signal.Signals,
     tmp_path: Path,
     config_path: Path,
     redis_url: str,
@@ -269,17 +272,17 @@ def test_run_starts_private_redis(
     del env["BTS_SYNC_REDIS_URL"]
     env["BTS_SYNC_STATE_DIR"] = str(tmp_path / "state")
     processes = ProcessSet(tmp_path, env)
-    redis_pid: list[int] = []
+    run = processes.start("run", [str(BIN_DIR / "bts-sync"), "run"])
+    descendants: list[int] = []
     try:
         # When run starts
-        run = processes.start("run", [str(BIN_DIR / "bts-sync"), "run"])
         message = wait_until(
             lambda: PRIVATE_REDIS_RE.search(" ".join(run.log().split())),
             30,
             "run to say that it started redis-server",
         )
         port = int(message["port"])
-        redis_pid.append(int(message["pid"]))
+        redis_pid = int(message["pid"])
 
         # Then its worker polls the endpoint through the private Redis
         wait_until(lambda: endpoint_log.count() >= 2, 30, "two polls")
@@ -288,12 +291,17 @@ def test_run_starts_private_redis(
         assert private.exists(chain.chain_key(PREFIX, NAME)) == 1
         private.close()
 
-        # And Ctrl+C stops it and everything it started
-        run.process.send_signal(signal.SIGINT)
+        # And Ctrl+C, or SIGTERM, stops it and everything it started
+        descendants.extend(descendants_of(run.pid))
+        run.process.send_signal(stop_signal)
         assert run.process.wait(60) == 0
-        assert not pid_alive(redis_pid[0])
+        assert redis_pid in descendants
+        assert [pid for pid in descendants if pid_alive(pid)] == []
         assert not listening("127.0.0.1", port)
     finally:
+        if run.running():
+            descendants.extend(descendants_of(run.pid))
         processes.close()
-        if redis_pid and pid_alive(redis_pid[0]):
-            os.kill(redis_pid[0], signal.SIGKILL)
+        for pid in descendants:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)

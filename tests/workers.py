@@ -252,6 +252,15 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def descendants_of(pid: int) -> list[int]:
+    """Return the PIDs of the children and grandchildren of ``pid``, grandchildren first."""
+    children = children_of(pid)
+    grandchildren = [
+        grandchild for child in children for grandchild in children_of(child)
+    ]
+    return grandchildren + children
+
+
 @dataclass
 class Started:
     """A process started by a ``ProcessSet``."""
@@ -341,11 +350,9 @@ class ProcessSet:
         return started.process.wait(timeout_s)
 
     def kill(self, started: Started) -> None:
-        """SIGKILL the process and its children, children first, and reap it."""
-        for child in children_of(started.pid):
-            for grandchild in children_of(child):
-                _kill_quietly(grandchild)
-            _kill_quietly(child)
+        """SIGKILL the process's children and grandchildren, then the process, and reap it."""
+        for descendant in descendants_of(started.pid):
+            _kill_quietly(descendant)
         _kill_quietly(started.pid)
         started.process.wait(10)
 
