@@ -106,6 +106,12 @@ class ChainMiddleware(Middleware):
     worker process gets SIGTERM from the manager and again from Dramatiq's main
     process; Dramatiq takes a second SIGTERM as a hard kill, which would drop
     the polls in progress.
+
+    NOTE: Honcho 2.0 sends SIGKILL 5 s after the first of its processes exits,
+    and the scheduler exits at once. A worker needs up to about 1 s to notice
+    the signal, plus ``dispatch_lead`` for the last claimed slot to fall due,
+    plus that poll's deadline: with the defaults (2.5 s and 2.4 s), a slow
+    endpoint's last poll can be killed.
     """
 
     def after_process_boot(self, broker: Any) -> None:

@@ -109,20 +109,22 @@ def plan_slot(slot_ms: int, now_ms: int, interval_ms: int) -> SlotPlan:
 # With an empty expected token it is a start: it keeps a live chain and
 # replaces a missing or stalled one. With an expected token it is a re-seed by
 # the watchdog, which only replaces that very token and only when stalled.
+# Returns {started, token, last claimed slot}.
 _SEED = """
 local token = redis.call('HGET', KEYS[1], 'token')
 local now = tonumber(ARGV[3])
-local last = math.max(tonumber(redis.call('HGET', KEYS[1], 'slot') or '0'),
+local slot = redis.call('HGET', KEYS[1], 'slot') or '0'
+local last = math.max(tonumber(slot),
                       tonumber(redis.call('HGET', KEYS[1], 'seeded') or '0'))
 local stalled = (now - last) > tonumber(ARGV[5])
 if ARGV[6] ~= '' then
-  if token ~= ARGV[6] or not stalled then return {0, token or ''} end
+  if token ~= ARGV[6] or not stalled then return {0, token or '', slot} end
 elseif token and not stalled then
-  return {0, token}
+  return {0, token, slot}
 end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'seeded', ARGV[3], 'interval', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
-return {1, ARGV[2]}
+return {1, ARGV[2], slot}
 """
 
 # KEYS: chain, stats; ARGV: token, slot, missed.
@@ -244,11 +246,15 @@ def seed(
         stalled_after_ms,
         expected_token,
     ]
-    started, current = _scripts(client).seed(keys=keys, args=args)
+    started, current, last_slot = _scripts(client).seed(keys=keys, args=args)
     current_token = current.decode() if isinstance(current, bytes) else str(current)
     if not started:
         return SeedOutcome(started=False, token=current_token, first_slot_ms=None)
-    first = next_grid_slot(name, now_ms + lead_ms, interval_ms)
+    # The slot claimed last by a stopped chain can lie up to the lead time
+    # ahead (more if clocks differ), and the claim check drops any slot that is
+    # not later than it, so the new chain starts after it.
+    after = max(now_ms + lead_ms, int(last_slot) + 1)
+    first = next_grid_slot(name, after, interval_ms)
     return SeedOutcome(started=True, token=current_token, first_slot_ms=first)
 
 

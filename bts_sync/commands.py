@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -314,8 +315,9 @@ def run(ctx: click.Context) -> None:
 
     It starts every configured chain. When no Redis answers and none was
     configured, it starts a private redis-server with its data in the state
-    folder (.bts-sync, or BTS_SYNC_STATE_DIR). Ctrl+C stops the processes it
-    started; the chains stay in Redis and resume on the next run.
+    folder (.bts-sync, or BTS_SYNC_STATE_DIR). Ctrl+C, SIGTERM or SIGHUP stops
+    the processes it started; the chains stay in Redis and resume on the next
+    run.
     """
     from rich.console import Group
     from rich.live import Live
@@ -332,6 +334,13 @@ def run(ctx: click.Context) -> None:
     console = make_console()
     folder = devrun.state_dir(os.environ)
     children: list[devrun.Child] = []
+    # The children run in their own sessions, so a SIGTERM or SIGHUP that
+    # ended this process at once would leave them running. Both are handled
+    # like Ctrl+C instead.
+    previous_handlers = {
+        signum: signal.signal(signum, _raise_keyboard_interrupt)
+        for signum in (signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         try:
             connect(settings.redis_url).close()
@@ -390,6 +399,12 @@ def run(ctx: click.Context) -> None:
     except KeyboardInterrupt:
         console.print("Stopping the worker and scheduler …", highlight=False)
     finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         redis_children = [c for c in children if c.name == "redis"]
         devrun.stop_children([c for c in children if c.name != "redis"])
         devrun.stop_children(redis_children)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
