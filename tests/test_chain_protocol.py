@@ -19,6 +19,7 @@ import redis
 from workers import forget_actors, import_actors, write_config
 
 from bts_sync import chain, store
+from bts_sync.connection import execute_pipeline
 from bts_sync.fetch import FetchResult
 
 PREFIX = "bts_sync"
@@ -219,12 +220,13 @@ def test_begin_while_running_skips_slot(client: redis.Redis) -> None:
     # Given a poll in progress for the first slot
     outcome = seed(client)
     first = outcome.first_slot_ms
-    assert chain.begin_poll(client, PREFIX, NAME, outcome.token, first, 10_000) == "ok"
+    started = chain.begin_poll(client, PREFIX, NAME, outcome.token, first, 10_000)
+    assert started.outcome == "ok"
     # When the next slot is due before it finished
     second = first + INTERVAL_MS
     overlap = chain.begin_poll(client, PREFIX, NAME, outcome.token, second, 10_000)
     # Then that slot is skipped and counted
-    assert overlap == "overlap"
+    assert overlap.outcome == "overlap"
     assert counter(client, "skipped_overlaps") == 1
 
 
@@ -235,10 +237,11 @@ def test_release_lets_next_slot_begin(client: redis.Redis) -> None:
 
     pipe = client.pipeline(transaction=False)
     chain.release_poll(pipe, client, PREFIX, NAME, first)
-    pipe.execute()
+    execute_pipeline(pipe, client)
 
     second = first + INTERVAL_MS
-    assert chain.begin_poll(client, PREFIX, NAME, outcome.token, second, 10_000) == "ok"
+    started = chain.begin_poll(client, PREFIX, NAME, outcome.token, second, 10_000)
+    assert started.outcome == "ok"
 
 
 def test_begin_after_stop_is_refused(client: redis.Redis) -> None:
@@ -250,9 +253,8 @@ def test_begin_after_stop_is_refused(client: redis.Redis) -> None:
     was_running = chain.stop(client, PREFIX, NAME)
     # Then the slot is not polled and later messages are stale
     assert was_running
-    assert chain.begin_poll(client, PREFIX, NAME, outcome.token, slot, 10_000) == (
-        "stopped"
-    )
+    started = chain.begin_poll(client, PREFIX, NAME, outcome.token, slot, 10_000)
+    assert started.outcome == "stopped"
     later = chain.claim(client, PREFIX, NAME, outcome.token, slot + INTERVAL_MS, 0)
     assert later == "stale"
     assert chain.running_names(client, PREFIX) == []
