@@ -52,7 +52,7 @@ ACTOR_TIME_LIMIT_MS = 60_000
 DUPLICATE_SIGNAL_WINDOW_S = 2.0
 
 #: Extra milliseconds the in-progress mark outlives the fetch deadline.
-_LOCK_MARGIN_MS = 5_000
+_LOCK_MARGIN_MS = 1_000
 
 
 def _load_settings_or_exit() -> Settings:

@@ -194,6 +194,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from bts_sync.render import queue_line, status_table
 
     console = make_console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # A pipe or file has no width; rich's 80 columns would cut the table.
+        console.width = 200
     console.print(status_table(report["endpoints"], report["time"]))
     console.print(queue_line(report["queue"]))
 
