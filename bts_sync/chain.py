@@ -1,9 +1,9 @@
 """The chain protocol: one live chain of poll messages per endpoint, on a fixed grid.
 
-Redis holds, per endpoint, a hash with the chain's generation ``token``, the
+Redis stores, per endpoint, a hash with the chain's generation ``token``, the
 last claimed ``slot`` (a due time in milliseconds since the epoch), the
 ``interval`` and the time the chain was ``seeded``. This module is the only one
-that knows these keys. Every change to them is one Lua script, so concurrent
+that reads or writes these keys. Every change to them is one Lua script, so concurrent
 ``start`` commands, watchdogs, retries and redeliveries cannot interleave.
 
 Slots lie on a grid per endpoint: ``phase + k * interval``, where the phase is
@@ -11,7 +11,7 @@ derived from the endpoint's name. Different endpoints therefore spread over the
 interval instead of all firing at the same instant, and a re-seeded chain lands
 on the same grid as before.
 
-The same hash holds the endpoint's politeness state: ``paused_until`` (a pause
+The same hash stores the endpoint's politeness state: ``paused_until`` (a pause
 that a ``Retry-After`` header asked for), ``backoff_until`` and
 ``backoff_streak``. The chain keeps claiming every slot during a pause or a
 back-off, so the watchdog never takes it for stalled; the fire-time script
@@ -77,7 +77,7 @@ def next_grid_slot(name: str, after_ms: int, interval_ms: int) -> int:
 
 @dataclass(frozen=True)
 class SlotPlan:
-    """What to do with a delivered slot.
+    """Decision for a delivered slot.
 
     Attributes:
         poll: Whether the slot is still on time to be polled.
@@ -273,7 +273,7 @@ def claim(
 
 @dataclass(frozen=True)
 class PollStart:
-    """What the fire-time check of a slot decided, and what the poll needs.
+    """Decision of the fire-time check of a slot, with what the poll needs.
 
     Attributes:
         outcome: ``ok`` to poll. Any other value skips the slot: ``stopped``
@@ -356,7 +356,7 @@ def stop(client: redis.Redis, prefix: str, name: str) -> bool:
 
 @dataclass(frozen=True)
 class ChainState:
-    """What Redis holds about one endpoint's chain.
+    """Chain fields stored in Redis for one endpoint.
 
     Attributes:
         name: Endpoint name.

@@ -1,4 +1,4 @@
-"""Redis connections, and the one-line error when Redis does not answer."""
+"""Redis connections, and the one-line error when Redis does not respond."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import redis
 from bts_sync.errors import RedisUnavailableError
 from bts_sync.redact import mask_url
 
-#: Seconds to wait for a connection or an answer before Redis counts as down.
+#: Seconds to wait for a connection or a reply before Redis counts as down.
 SOCKET_TIMEOUT_S = 5.0
 
 
 def connect(url: str, check: bool = True) -> redis.Redis:
-    """Create a client for ``url`` and, with ``check``, make sure Redis answers.
+    """Create a client for ``url`` and, with ``check``, make sure Redis responds.
 
     Raises:
-        RedisUnavailableError: Redis did not answer; the message shows the URL
+        RedisUnavailableError: Redis did not respond; the message shows the URL
             with its password masked and how to fix it.
     """
     client = redis.Redis.from_url(
