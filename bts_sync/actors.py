@@ -88,7 +88,7 @@ class _PatientRedisBroker(RedisBroker):
                 ):
                     raise
                 logger.warning(
-                    "Redis did not answer at %s (%s); retrying message %s in %.1f s.",
+                    "Redis did not respond at %s (%s); retrying message %s in %.1f s.",
                     mask_url(SETTINGS.redis_url),
                     describe(exc),
                     message.message_id,
@@ -357,8 +357,9 @@ def _warn_redis_failure(
 def run_slot(endpoint: Endpoint, token: str, slot_ms: int) -> None:
     """Poll a claimed slot at its due time and record the result.
 
-    It never raises: a failure of bts-sync itself is recorded as an
-    ``internal`` result and logged with its traceback.
+    A failure of the fetch inside bts-sync is recorded as an ``internal``
+    result and logged with its traceback; the launcher logs anything else it
+    raises.
     """
     client = redis_client()
     prefix = SETTINGS.key_prefix

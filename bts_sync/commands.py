@@ -30,7 +30,7 @@ def import_actors(ctx: click.Context) -> ModuleType:
     through the environment, which is where the worker reads them too.
 
     Raises:
-        RedisUnavailableError: Redis does not answer.
+        RedisUnavailableError: Redis does not respond.
     """
     obj = ctx.find_root().obj or {}
     if obj.get("config_path"):
@@ -316,7 +316,7 @@ def follow_polls(client: Any, settings: Settings, names: list[str]) -> None:
 def run(ctx: click.Context) -> None:
     """Run a worker, the scheduler and a live view in the foreground, for development.
 
-    It starts every configured chain. When no Redis answers and none was
+    It starts every configured chain. When no Redis responds and none was
     configured, it starts a private redis-server with its data in the state
     folder (.bts-sync, or BTS_SYNC_STATE_DIR). Ctrl+C, SIGTERM or SIGHUP stops
     the processes it started; the chains stay in Redis and resume on the next

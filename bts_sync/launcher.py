@@ -107,6 +107,16 @@ class PollLauncher:
                     continue
                 _, _, job = heapq.heappop(self._heap)
 
-            future = self._pool.submit(job)
+            future = self._pool.submit(_run_logged, job)
             self._running.add(future)
             future.add_done_callback(self._running.discard)
+
+
+def _run_logged(job: Callable[[], None]) -> None:
+    """Run ``job`` and log what it raises, which the pool would otherwise keep silently."""
+    try:
+        job()
+    except Exception:
+        logger.exception(
+            "A launched poll raised; the chain goes on with its next slot."
+        )
