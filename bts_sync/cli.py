@@ -203,7 +203,7 @@ def once(
     polled. Redis is not needed. Exits with 1 when the endpoint fails.
     """
     from bts_sync.config import ad_hoc_endpoint
-    from bts_sync.fetch import fetch
+    from bts_sync.fetch import dump_json, fetch
     from bts_sync.render import plain_result, print_result
 
     if url is not None and name is None:
@@ -216,7 +216,7 @@ def once(
 
     result = fetch(endpoint)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        click.echo(dump_json(result.to_dict()))
     elif stdout_is_terminal():
         print_result(make_console(), result, verbose=verbose, full=full)
     else:
@@ -233,13 +233,12 @@ def show_config(ctx: click.Context, as_json: bool) -> None:
     """Print the resolved configuration with secrets masked."""
     settings = load_context_settings(ctx)
     data = settings.to_public_dict()
-    if as_json:
+    if as_json or not stdout_is_terminal():
         click.echo(json.dumps(data, indent=2))
         return
 
-    from rich.pretty import Pretty
-
-    make_console().print(Pretty(data, expand_all=True))
+    # The same JSON document, highlighted for a person.
+    make_console().print_json(data=data)
 
 
 def _add_chain_commands() -> None:

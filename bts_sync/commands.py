@@ -96,18 +96,35 @@ def stop(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Stop the polling chain of each endpoint (all configured ones by default).
 
     No poll starts after the command returns; a poll already under way finishes.
+    A chain that still runs for an endpoint no longer in the configuration can
+    be stopped by its name, and is stopped when no name is given.
     """
     actors = import_actors(ctx)
+    from rich.text import Text
+
     from bts_sync import chain
 
     client = actors.redis_client()
+    prefix = actors.SETTINGS.key_prefix
+    configured = [e.name for e in actors.SETTINGS.endpoints]
+    running = chain.running_names(client, prefix)
+    orphans = [name for name in running if name not in configured]
+    if names:
+        targets = list(names)
+        for name in names:
+            if name not in configured and name not in running:
+                actors.SETTINGS.endpoint(name)  # raises UnknownEndpointError
+    else:
+        targets = configured + orphans
+
     console = make_console()
-    for endpoint in _selected(actors.SETTINGS, names):
-        if chain.stop(client, actors.SETTINGS.key_prefix, endpoint.name):
-            console.print(f"[yellow]stopped[/]  {endpoint.name}", highlight=False)
+    for name in targets:
+        note = "  not in the configuration" if name not in configured else ""
+        if chain.stop(client, prefix, name):
+            console.print(Text.assemble(("stopped", "yellow"), f"  {name}{note}"))
         else:
             console.print(
-                f"[dim]stopped[/]  {endpoint.name}  was not running", highlight=False
+                Text.assemble(("stopped", "dim"), f"  {name}  was not running")
             )
 
 
@@ -128,6 +145,8 @@ def collect_status(actors: ModuleType, client: Any) -> dict[str, Any]:
         interval_ms = int(endpoint.interval_s * 1000)
         held_label, held_until_ms = _hold(state, now_ms)
         if not state.running:
+            # A stopped chain keeps its pause for the next start, but shows none.
+            held_until_ms = None
             label = "stopped"
         elif state.is_stalled(now_ms, grace_ms):
             label = "stalled"
@@ -135,10 +154,9 @@ def collect_status(actors: ModuleType, client: Any) -> dict[str, Any]:
             label = held_label or "running"
         next_due = None
         if state.running and state.slot_ms is not None:
-            # The last claimed slot may still lie ahead: messages arrive early.
-            next_slot_ms = state.slot_ms
-            if next_slot_ms <= now_ms:
-                next_slot_ms += interval_ms
+            # Claimed slots run up to dispatch_lead ahead of now, so the next
+            # poll is the next slot of the grid, not the last claimed one.
+            next_slot_ms = chain.next_grid_slot(endpoint.name, now_ms + 1, interval_ms)
             if held_until_ms is not None and next_slot_ms < held_until_ms:
                 next_slot_ms = chain.next_grid_slot(
                     endpoint.name, held_until_ms, interval_ms

@@ -12,6 +12,7 @@ the value and the fix.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from bts_sync.errors import ConfigError
 from bts_sync.redact import is_secret_name, mask_text, mask_url, register_secret
@@ -40,6 +41,13 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 #: Seconds between two polls of an endpoint.
 DEFAULT_INTERVAL_S = 3.0
+
+#: Shortest interval accepted, in seconds; slots are whole milliseconds.
+MIN_INTERVAL_S = 0.01
+
+#: Shortest and longest durations accepted for any setting in seconds.
+MIN_SECONDS = 0.001
+MAX_SECONDS = 31 * 24 * 3600.0
 
 #: Upper bound of the default total deadline, in seconds.
 DEFAULT_MAX_DEADLINE_S = 10.0
@@ -97,7 +105,7 @@ DEFAULT_ALERT_AFTER_FAILURES = 3
 
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 _METHODS_WITH_BODY = ("POST", "PUT", "PATCH")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _VARIABLE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _STATUS_CLASS_RE = re.compile(r"^([1-5])xx$")
 # Dramatiq accepts these queue names (dramatiq.actor, version 2.x); actor
@@ -368,10 +376,23 @@ def _positive_number(value: Any, where: str, key: str, problems: _Problems) -> A
             where, key, value, "must be a number of seconds, such as 3 or 0.5."
         )
         return None
-    if value <= 0:
-        problems.add(where, key, value, "must be greater than 0 seconds.")
+    if not math.isfinite(value) or value < MIN_SECONDS or value > MAX_SECONDS:
+        problems.add(
+            where,
+            key,
+            value,
+            f"must be from {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds (31 days).",
+        )
         return None
     return float(value)
+
+
+def _interval(value: Any, where: str, key: str, problems: _Problems) -> Any:
+    seconds = _positive_number(value, where, key, problems)
+    if seconds is not None and seconds < MIN_INTERVAL_S:
+        problems.add(where, key, value, f"must be at least {MIN_INTERVAL_S:g} seconds.")
+        return None
+    return seconds
 
 
 def _positive_int(value: Any, where: str, key: str, problems: _Problems) -> Any:
@@ -637,7 +658,7 @@ _ENDPOINT_KEYS: dict[str, tuple[_Check, str]] = {
     "headers": (_string_table, "headers"),
     "params": (_string_table, "params"),
     "json": (_any, "json_body"),
-    "interval": (_positive_number, "interval_s"),
+    "interval": (_interval, "interval_s"),
     "timeout": (_timeout, "timeout"),
     "deadline": (_positive_number, "deadline_s"),
     "max_bytes": (_positive_int, "max_bytes"),
@@ -746,7 +767,7 @@ def _build_endpoint(
         return None
 
     name = values["name"]
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         problems.add(
             where,
             "name",
@@ -756,6 +777,9 @@ def _build_endpoint(
 
     values["url"] = _substitute(values["url"], env, where, "url", problems)
     _check_url(values["url"], where, problems)
+    url_parts = _split_url(values["url"])
+    if url_parts is not None and url_parts.password:
+        register_secret(url_parts.password)
     values["headers"] = {
         k: _substitute(v, env, where, f"headers.{k}", problems)
         for k, v in values.get("headers", {}).items()
@@ -996,21 +1020,20 @@ def _build_settings(
         or data.get("redis_url")
         or DEFAULT_REDIS_URL
     )
-    if not isinstance(url, str) or urlsplit(url).scheme not in (
-        "redis",
-        "rediss",
-        "unix",
-    ):
+    redis_parts = _split_url(url)
+    if redis_parts is None or redis_parts.scheme not in ("redis", "rediss", "unix"):
         problems.add(
-            "", "redis_url", url, "must start with redis://, rediss:// or unix://."
+            "",
+            "redis_url",
+            url,
+            "must be a valid URL starting with redis://, rediss:// or unix://, "
+            "like redis://localhost:6379/0.",
         )
-    else:
-        password = urlsplit(url).password
-        if password:
-            register_secret(password)
+    elif redis_parts.password:
+        register_secret(redis_parts.password)
 
     prefix = env.get("BTS_SYNC_KEY_PREFIX") or data.get("key_prefix", "bts_sync")
-    if not isinstance(prefix, str) or not _NAME_RE.match(prefix):
+    if not isinstance(prefix, str) or not _NAME_RE.fullmatch(prefix):
         problems.add(
             "",
             "key_prefix",
@@ -1074,10 +1097,10 @@ def _alert_webhook(
         return None
     url = _substitute(url, env, "", "alert_webhook", problems)
     register_secret(url)
-    path = urlsplit(url).path
-    if len(path) > 1:
-        register_secret(path)
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+    parts = _split_url(url)
+    if parts is not None and len(parts.path) > 1:
+        register_secret(parts.path)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         problems.add(
             "",
             "alert_webhook",
@@ -1086,6 +1109,21 @@ def _alert_webhook(
         )
         return None
     return url
+
+
+def _split_url(url: Any) -> SplitResult | None:
+    """Split ``url``, or return None when it is not a string or not a valid URL.
+
+    The port is read here too, because ``urlsplit`` checks it only on access.
+    """
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return None
+    return parts
 
 
 def mask_webhook_url(url: str) -> str:

@@ -36,8 +36,18 @@ def connect(url: str, check: bool = True) -> redis.Redis:
 
 def unavailable(url: str, exc: BaseException) -> RedisUnavailableError:
     """Build the error for a Redis that did not answer at ``url``."""
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
+        return RedisUnavailableError(
+            f"Redis at {mask_url(url)} rejected the credentials ({describe(exc)}). "
+            "Check the user name and password in REDIS_URL or --redis-url."
+        )
+    if isinstance(exc, redis.ResponseError):
+        return RedisUnavailableError(
+            f"Redis at {mask_url(url)} returned an error ({describe(exc)}). "
+            "Check the database number and options in REDIS_URL or --redis-url."
+        )
     return RedisUnavailableError(
-        f"Redis did not answer at {mask_url(url)} ({describe(exc)}). "
+        f"Redis did not respond at {mask_url(url)} ({describe(exc)}). "
         "Start redis-server, or point REDIS_URL or --redis-url at a running Redis."
     )
 

@@ -414,12 +414,16 @@ def _register_filters(app: Flask) -> None:
             return "—"
 
 
-def serve(app: Flask, host: str, port: int, threads: int = 8) -> None:
-    """Serve the app with Waitress until interrupted.
+def bind(app: Flask, host: str, port: int, threads: int = 8) -> Any:
+    """Bind a Waitress server for the app; call its ``run()`` to serve until interrupted.
 
     Waitress is a pure-Python, multi-threaded WSGI server for production use;
-    the Redis client underneath is synchronous, so threads fit it.
-    """
-    from waitress import serve as waitress_serve
+    the Redis client underneath is synchronous, so threads fit it. Binding
+    first lets the caller report a port in use before it prints anything else.
 
-    waitress_serve(app, host=host, port=port, threads=threads, ident="bts-sync")
+    Raises:
+        OSError: The address cannot be bound, for example because it is in use.
+    """
+    from waitress.server import create_server
+
+    return create_server(app, host=host, port=port, threads=threads, ident="bts-sync")

@@ -17,9 +17,9 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import urllib3
 from urllib3.exceptions import (
@@ -38,7 +38,7 @@ from urllib3.exceptions import (
 
 from bts_sync import __version__
 from bts_sync.config import Endpoint
-from bts_sync.redact import mask_headers, mask_text, mask_url
+from bts_sync.redact import is_secret_name, mask_headers, mask_text, mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ class FetchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-compatible data, without the raw bytes."""
-        data = asdict(self)
+        # A shallow copy: asdict would copy the body recursively, which fails
+        # on deeply nested JSON.
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
         del data["raw"]
         data["headers"] = dict(self.headers)
         data["ok"] = self.ok
@@ -352,6 +354,21 @@ def _request_url(endpoint: Endpoint) -> str:
     return endpoint.url + separator + urlencode(dict(endpoint.params))
 
 
+def _split_credentials(url: str) -> tuple[str, str | None]:
+    """Remove the ``user:password@`` part of ``url`` and return it for Basic auth.
+
+    urllib3 ignores credentials in a URL and would also log them; they are sent
+    as an ``Authorization`` header instead, which is dropped on a redirect to
+    another host.
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return urlunsplit(parts._replace(netloc=host)), credentials
+
+
 def _send(
     endpoint: Endpoint, extra_headers: Mapping[str, str] | None
 ) -> urllib3.BaseHTTPResponse:
@@ -360,6 +377,9 @@ def _send(
         "Accept": "application/json",
         "Accept-Encoding": "gzip, deflate",
     }
+    url, credentials = _split_credentials(_request_url(endpoint))
+    if credentials is not None:
+        headers.update(urllib3.make_headers(basic_auth=credentials))
     headers.update(endpoint.headers)
     if extra_headers:
         headers.update(extra_headers)
@@ -383,10 +403,14 @@ def _send(
         redirect=endpoint.max_redirects,
         raise_on_redirect=True,
         raise_on_status=False,
+        # urllib3 drops only Authorization, Cookie and Proxy-Authorization on a
+        # redirect to another host; every other secret header goes too.
+        remove_headers_on_redirect=urllib3.Retry.DEFAULT_REMOVE_HEADERS_ON_REDIRECT
+        | {name for name in headers if is_secret_name(name)},
     )
     return get_pool(endpoint.verify_tls).request(
         endpoint.method,
-        _request_url(endpoint),
+        url,
         body=body,
         headers=headers,
         timeout=timeout,
@@ -461,6 +485,35 @@ def _decode_text(raw: bytes, charset: str) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def decode_json(text: str) -> Any:
+    """Decode a JSON document as RFC 8259 defines it.
+
+    Raises:
+        ValueError: The text is not JSON, contains ``NaN`` or ``Infinity``, or
+            nests too deeply for the decoder.
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("it nests too deeply to decode") from None
+
+
+def dump_json(value: Any, indent: int | None = 2) -> str:
+    """Encode ``value`` as JSON, indented when its nesting allows.
+
+    The indenting encoder is written in Python and recurses once per level, so
+    a document a few hundred levels deep is written compact instead.
+    """
+    try:
+        return json.dumps(value, indent=indent, ensure_ascii=False)
+    except RecursionError:
+        return json.dumps(value, ensure_ascii=False)
+
+
 def _build_result(
     endpoint: Endpoint,
     response: urllib3.BaseHTTPResponse,
@@ -478,7 +531,7 @@ def _build_result(
 
     if raw and _is_json_type(media_type):
         try:
-            body = json.loads(text)
+            body = decode_json(text)
             is_json = True
         except ValueError as exc:
             error_kind, error = (
@@ -487,7 +540,7 @@ def _build_result(
             )
     elif raw and text.lstrip()[:1] in ("{", "["):
         try:
-            body = json.loads(text)
+            body = decode_json(text)
             is_json = True
         except ValueError:
             body = text
@@ -604,7 +657,11 @@ def _classify(exc: Exception, endpoint: Endpoint) -> tuple[str, str]:
     if isinstance(reason, urllib3.exceptions.LocationParseError | ValueError):
         return "connection", f"Request could not be sent: {_short(reason)}."
 
-    logger.exception("Fetch of endpoint %r failed in bts-sync itself.", endpoint.name)
+    # The result carries the error to the caller; the traceback goes to DEBUG
+    # so that the command line never prints it.
+    logger.debug(
+        "Fetch of endpoint %r failed in bts-sync itself.", endpoint.name, exc_info=True
+    )
     return (
         "internal",
         f"Internal error in bts-sync: {type(exc).__name__}: {_short(exc)}.",

@@ -113,7 +113,8 @@ def configure_logging(
 
 
 def apply_format_from_environment(env: Any = None) -> None:
-    """Switch the root logger's handlers to JSON lines when ``BTS_SYNC_LOG_FORMAT=json``.
+    """Mask secrets in the root logger's handlers, and switch them to JSON lines
+    when ``BTS_SYNC_LOG_FORMAT=json``.
 
     The worker (``dramatiq``) and the scheduler (``periodiq``) configure
     logging themselves before they import ``bts_sync.actors``, which calls
@@ -125,11 +126,12 @@ def apply_format_from_environment(env: Any = None) -> None:
     import os
 
     env = os.environ if env is None else env
-    if env.get("BTS_SYNC_LOG_FORMAT", "").lower() != "json":
-        return
+    as_json = env.get("BTS_SYNC_LOG_FORMAT", "").lower() == "json"
     for handler in logging.getLogger().handlers:
         if handler in _own_handlers:
             continue
-        handler.setFormatter(JsonFormatter())
+        # Every format masks secrets: urllib3 logs request URLs at INFO.
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+        if as_json:
+            handler.setFormatter(JsonFormatter())

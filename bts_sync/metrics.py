@@ -287,8 +287,10 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         if endpoint.state not in states:
             states.append(endpoint.state)
         for name in states:
+            # Label values keep to the identifier style of the other labels.
             state.add_metric(
-                [endpoint.name, name], 1.0 if name == endpoint.state else 0.0
+                [endpoint.name, name.replace(" ", "_")],
+                1.0 if name == endpoint.state else 0.0,
             )
     yield from (last_success, failures, healthy, interval, state)
     yield from _stats_counters(snap)

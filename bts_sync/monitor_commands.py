@@ -90,9 +90,9 @@ def dashboard(ctx: click.Context, host: str, port: int, threads: int) -> None:
         MIN_TOKEN_LENGTH,
         Access,
         Monitor,
+        bind,
         create_app,
         is_loopback,
-        serve,
     )
 
     token = os.environ.get(TOKEN_VARIABLE, "")
@@ -119,6 +119,13 @@ def dashboard(ctx: click.Context, host: str, port: int, threads: int) -> None:
 
     actors = import_actors(ctx)
     app = create_app(Monitor(actors), Access(token=token, open_reads=loopback))
+    try:
+        server = bind(app, host, port, threads=threads)
+    except OSError as exc:
+        raise CliError(
+            f"Could not listen on {host}:{port}: {exc.strerror}. Choose another --port.",
+            EXIT_USAGE,
+        ) from None
     shown_host = f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{port}"
     click.echo(f"Dashboard on {base}/ (metrics on {base}/metrics); Ctrl+C stops it.")
@@ -130,11 +137,6 @@ def dashboard(ctx: click.Context, host: str, port: int, threads: int) -> None:
     else:
         click.echo(f"Actions need the token in {TOKEN_VARIABLE}.")
     try:
-        serve(app, host, port, threads=threads)
-    except OSError as exc:
-        raise CliError(
-            f"Could not listen on {host}:{port}: {exc.strerror}. Choose another --port.",
-            EXIT_USAGE,
-        ) from None
+        server.run()
     except KeyboardInterrupt:
         return

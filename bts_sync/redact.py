@@ -23,6 +23,9 @@ SECRET_HEADER_NAMES = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
 )
 
+# The password of a URL's userinfo, for URLs that urlsplit rejects.
+_USERINFO_PASSWORD_RE = re.compile(r"(//[^/@:]*:)[^/@]*@")
+
 _SECRET_NAME_RE = re.compile(
     r"(token|secret|passw|api[-_]?key|apikey|auth|signature|sig$|session|credential)",
     re.IGNORECASE,
@@ -70,7 +73,7 @@ def mask_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return mask_text(url)
+        return mask_text(_USERINFO_PASSWORD_RE.sub(rf"\1{MASK}@", url))
 
     netloc = parts.netloc
     if "@" in netloc:

@@ -13,11 +13,10 @@ escapes such as ``\\x1b``, because rich passes ESC through to the terminal.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from bts_sync.fetch import FetchResult
+from bts_sync.fetch import FetchResult, dump_json
 
 # rich modules are imported in the functions that use them, so that plain
 # output never loads them.
@@ -98,7 +97,7 @@ def headers_table(headers: dict[str, str]) -> Table:
 
 def _body_text(body: Any, is_json: bool) -> str:
     if is_json:
-        return json.dumps(body, indent=2, ensure_ascii=False)
+        return dump_json(body)
     return "" if body is None else str(body)
 
 
