@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from dummyjson_server import DummyJsonServer
+from workers import RecordingServer
 
 
 def free_port() -> int:
@@ -159,3 +161,19 @@ def dummyjson() -> Iterator[DummyJsonServer]:
     """Serve the DummyJSON stand-in with the live API's rate limit, fresh for each test."""
     with DummyJsonServer() as server:
         yield server
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """Return a client of the test's empty Redis database."""
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def http() -> Iterator[RecordingServer]:
+    """Return a ``RecordingServer`` on 127.0.0.1, stopped when the test ends."""
+    server = RecordingServer()
+    yield server
+    server.stop()

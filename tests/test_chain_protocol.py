@@ -30,14 +30,6 @@ STALLED_AFTER_MS = 3000
 NOW_MS = 1_800_000_000_000
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    """Return a client of the test's empty Redis database."""
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
-
-
 def seed(client: redis.Redis, now_ms: int = NOW_MS, expected: str = "") -> Any:
     return chain.seed(
         client,

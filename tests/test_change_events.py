@@ -37,13 +37,6 @@ RECEIVED_LIST = "test:received"
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
 def workers() -> Iterator[list[WorkerProcess]]:
     """Collect the worker processes a test starts and stop them all at the end."""
     started: list[WorkerProcess] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -21,13 +20,6 @@ from bts_sync.overview import HistoryCache, PollPoint, success_rate
 PREFIX = "bts_sync"
 NAMESPACE = deadletters.dramatiq_namespace(PREFIX)
 QUEUE = "bts_sync"
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
 
 
 def _result(ok: bool, elapsed_ms: float = 20.0) -> FetchResult:

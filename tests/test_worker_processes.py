@@ -58,20 +58,6 @@ ON_GRID_TOLERANCE_S = 0.1
 
 
 @pytest.fixture
-def http() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     return tmp_path / "bts-sync.toml"
 
