@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 from dummyjson_server import DummyJsonServer
-from workers import RecordingServer
+from support import ProcessSet, RecordingServer
 
 
 def free_port() -> int:
@@ -169,6 +169,18 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     connection = redis.Redis.from_url(redis_url)
     yield connection
     connection.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[ProcessSet]:
+    """Return a ``ProcessSet`` with its logs in ``tmp_path``, closed when the test ends.
+
+    It has no environment of its own, so each ``start`` or ``start_worker``
+    call passes one.
+    """
+    processes = ProcessSet(tmp_path)
+    yield processes
+    processes.close()
 
 
 @pytest.fixture

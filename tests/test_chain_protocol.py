@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from workers import forget_actors, import_actors, write_config
+from support import forget_actors, import_actors, write_config
 
 from bts_sync import chain, store
 from bts_sync.connection import execute_pipeline

@@ -21,7 +21,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from conftest import free_port
-from workers import (
+from support import (
     BIN_DIR,
     EndpointLog,
     ProcessSet,

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import redis
 from dramatiq import Message
-from monitoring_support import wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from support import wait_until
 
 from bts_sync import alerts, deadletters, hooks, metrics, store, worker_registry
 from bts_sync.config import Endpoint, Settings

@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 import redis
-from werkzeug import Request, Response
-from workers import (
+from support import (
     BIN_DIR,
     EndpointLog,
     ProcessSet,
@@ -43,6 +42,7 @@ from workers import (
     wait_until,
     write_config,
 )
+from werkzeug import Request, Response
 
 from bts_sync import chain, store
 
