@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from dummyjson_server import DummyJsonServer
+from support import ProcessSet, RecordingServer
 
 
 def free_port() -> int:
@@ -159,3 +161,31 @@ def dummyjson() -> Iterator[DummyJsonServer]:
     """Serve the DummyJSON stand-in with the live API's rate limit, fresh for each test."""
     with DummyJsonServer() as server:
         yield server
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """Return a client of the test's empty Redis database."""
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[ProcessSet]:
+    """Return a ``ProcessSet`` with its logs in ``tmp_path``, closed when the test ends.
+
+    It has no environment of its own, so each ``start`` or ``start_worker``
+    call passes one.
+    """
+    processes = ProcessSet(tmp_path)
+    yield processes
+    processes.close()
+
+
+@pytest.fixture
+def http() -> Iterator[RecordingServer]:
+    """Return a ``RecordingServer`` on 127.0.0.1, stopped when the test ends."""
+    server = RecordingServer()
+    yield server
+    server.stop()

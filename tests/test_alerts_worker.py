@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from monitoring_support import (
-    Processes,
+from pytest_httpserver import HTTPServer
+from support import (
+    ProcessSet,
     bts_sync_command,
     process_env,
     wait_until,
     write_config,
 )
-from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from bts_sync import store
@@ -83,10 +83,10 @@ def test_webhook_gets_each_change_once(
         alert_webhook=httpserver.url_for(WEBHOOK_PATH),
     )
     env = process_env(config, redis_url, BTS_SYNC_LOG_FORMAT="json")
-    processes = Processes(tmp_path)
+    processes = ProcessSet(tmp_path)
     client = redis.Redis.from_url(redis_url)
     try:
-        processes.worker(env, processes=2)
+        processes.start_worker(env, processes=2, ready_timeout_s=None)
         subprocess.run(
             bts_sync_command("start"),
             env=env,
@@ -110,7 +110,7 @@ def test_webhook_gets_each_change_once(
             "ten more polls succeeded after the recovery",
         )
     finally:
-        processes.stop_all()
+        processes.close()
         client.close()
 
     assert webhook.events() == ["unhealthy", "recovered"]
@@ -130,10 +130,10 @@ def test_worker_logs_json_lines(
         [{"name": "items", "url": httpserver.url_for("/items"), "interval": 0.2}],
     )
     env = process_env(config, redis_url, BTS_SYNC_LOG_FORMAT="json")
-    processes = Processes(tmp_path)
+    processes = ProcessSet(tmp_path)
     client = redis.Redis.from_url(redis_url)
     try:
-        processes.worker(env)
+        processes.start_worker(env, ready_timeout_s=None)
         subprocess.run(
             bts_sync_command("start"),
             env=env,
@@ -154,7 +154,7 @@ def test_worker_logs_json_lines(
             "three poll lines were logged",
         )
     finally:
-        processes.stop_all()
+        processes.close()
         client.close()
 
     lines = processes.log("worker").splitlines()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from workers import forget_actors, import_actors, write_config
+from support import forget_actors, import_actors, write_config
 
 from bts_sync import chain, store
 from bts_sync.connection import execute_pipeline
@@ -28,14 +28,6 @@ INTERVAL_MS = 1000
 LEAD_MS = 500
 STALLED_AFTER_MS = 3000
 NOW_MS = 1_800_000_000_000
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    """Return a client of the test's empty Redis database."""
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
 
 
 def seed(client: redis.Redis, now_ms: int = NOW_MS, expected: str = "") -> Any:

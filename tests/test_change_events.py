@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from politeness_helpers import (
+from pytest_httpserver import HTTPServer
+from support import (
     TESTS,
+    ProcessSet,
     ScriptedEndpoint,
-    WorkerProcess,
     json_response,
+    process_env,
     run_cli,
-    start_bts_worker,
     wait_until,
     write_config,
 )
-from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from bts_sync import store
@@ -34,22 +33,6 @@ pytestmark = pytest.mark.slow
 
 PREFIX = "bts_sync"
 RECEIVED_LIST = "test:received"
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    """Collect the worker processes a test starts and stop them all at the end."""
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop()
 
 
 def serve_sequence(bodies: list[Any]) -> ScriptedEndpoint:
@@ -75,7 +58,7 @@ def test_json_paths_decide_change_events(
     redis_url: str,
     httpserver: HTTPServer,
     client: redis.Redis,
-    workers: list[WorkerProcess],
+    workers: ProcessSet,
 ) -> None:
     # Given one endpoint that ignores its timestamp and one that selects its price
     def quote(price: int, stamp: str, request_id: str) -> dict[str, Any]:
@@ -118,10 +101,11 @@ def test_json_paths_decide_change_events(
                 "select_paths": ["items[*].price"],
             },
         ],
+        dispatch_lead=0.3,
     )
 
     # When both are polled past the end of their sequences
-    workers.append(start_bts_worker(config, redis_url, tmp_path / "worker.log"))
+    workers.start_worker(process_env(config, redis_url), ready_timeout_s=None)
     assert run_cli(config, redis_url, "start").returncode == 0
     for name in ("ignoring", "selecting"):
         wait_until(
@@ -145,7 +129,7 @@ def test_on_change_actor_receives_each_change_once(
     redis_url: str,
     httpserver: HTTPServer,
     client: redis.Redis,
-    workers: list[WorkerProcess],
+    workers: ProcessSet,
 ) -> None:
     # Given an endpoint whose body changes twice, with repeats in between
     bodies = [{"v": 1}, {"v": 1}, {"v": 2}, {"v": 2}, {"v": 2}, {"v": 3}]
@@ -161,6 +145,7 @@ def test_on_change_actor_receives_each_change_once(
                 "on_change": {"actor": "record_change", "queue": "app"},
             }
         ],
+        dispatch_lead=0.3,
     )
     # And an application worker with the receiving actor
     receiver_env = {
@@ -171,17 +156,16 @@ def test_on_change_actor_receives_each_change_once(
         "RECEIVER_LIST": RECEIVED_LIST,
         "dramatiq_worker_timeout": "100",
     }
-    workers.append(
-        WorkerProcess(
-            "change_receiver",
-            receiver_env,
-            tmp_path / "receiver.log",
-            extra_args=["--path", str(TESTS)],
-        )
+    workers.start_worker(
+        receiver_env,
+        module="change_receiver",
+        extra_args=["--path", str(TESTS)],
+        name="receiver",
+        ready_timeout_s=None,
     )
 
     # When the endpoint is polled two polls past the end of the sequence
-    workers.append(start_bts_worker(config, redis_url, tmp_path / "worker.log"))
+    workers.start_worker(process_env(config, redis_url), ready_timeout_s=None)
     assert run_cli(config, redis_url, "start").returncode == 0
     wait_until(
         lambda: counters(client, "quotes")["successes"] >= len(bodies) + 2,

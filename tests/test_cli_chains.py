@@ -21,7 +21,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from conftest import free_port
-from workers import (
+from support import (
     BIN_DIR,
     EndpointLog,
     ProcessSet,
@@ -44,13 +44,6 @@ BODY = {"items": [1, 2, 3]}
 
 
 @pytest.fixture
-def http() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def endpoint_log(http: RecordingServer) -> EndpointLog:
     return http.add_endpoint("/items", json_body(BODY))
 
@@ -70,13 +63,6 @@ def actors(
     """Return ``bts_sync.actors`` imported with the test's configuration."""
     yield import_actors(monkeypatch, config_path, redis_url)
     forget_actors()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
 
 
 def invoke(*args: str) -> Result:

@@ -16,15 +16,15 @@ import pytest
 import redis
 from conftest import free_port
 from dramatiq import Message
-from monitoring_support import (
-    Processes,
+from prometheus_client.parser import text_string_to_metric_families
+from support import (
+    ProcessSet,
     bts_sync_command,
     http_request,
     process_env,
     wait_for_http,
     write_config,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from bts_sync import chain, hooks, store
 from bts_sync.config import Endpoint, Settings
@@ -76,7 +76,7 @@ def dashboard_process(
     config = write_config(folder / "bts-sync.toml", endpoints, history_length=50)
     port = free_port()
     env = process_env(config, redis_url, BTS_SYNC_DASHBOARD_TOKEN=TOKEN)
-    processes = Processes(folder)
+    processes = ProcessSet(folder)
     processes.start(
         "dashboard", bts_sync_command("dashboard", "--port", str(port)), env
     )
@@ -90,7 +90,7 @@ def dashboard_process(
         wait_for_http(f"http://127.0.0.1:{port}/api/status", 20)
         yield Dashboard(f"http://127.0.0.1:{port}", client, settings)
     finally:
-        processes.stop_all()
+        processes.close()
         client.close()
 
 

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import redis
 from conftest import free_port
-from monitoring_support import (
-    Processes,
+from pytest_httpserver import HTTPServer
+from support import (
+    ProcessSet,
     bts_sync_command,
     process_env,
     wait_for_http,
     wait_until,
     write_config,
 )
-from pytest_httpserver import HTTPServer
 
 from bts_sync import chain, store
 
@@ -109,10 +109,10 @@ def running_chains(
     config = write_config(tmp_path / "bts-sync.toml", endpoints, alert_after_failures=3)
     port = free_port()
     env = process_env(config, redis_url, BTS_SYNC_DASHBOARD_TOKEN=TOKEN)
-    processes = Processes(tmp_path)
+    processes = ProcessSet(tmp_path)
     client = redis.Redis.from_url(redis_url)
     try:
-        processes.worker(env)
+        processes.start_worker(env, ready_timeout_s=None)
         processes.start(
             "dashboard", bts_sync_command("dashboard", "--port", str(port)), env
         )
@@ -126,7 +126,7 @@ def running_chains(
         wait_for_http(f"http://127.0.0.1:{port}/api/status", 20)
         yield f"http://127.0.0.1:{port}", client
     finally:
-        processes.stop_all()
+        processes.close()
         client.close()
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 import redis
 from dramatiq import Message
-from monitoring_support import wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from support import wait_until
 
 from bts_sync import alerts, deadletters, hooks, metrics, store, worker_registry
 from bts_sync.config import Endpoint, Settings
@@ -21,13 +20,6 @@ from bts_sync.overview import HistoryCache, PollPoint, success_rate
 PREFIX = "bts_sync"
 NAMESPACE = deadletters.dramatiq_namespace(PREFIX)
 QUEUE = "bts_sync"
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
 
 
 def _result(ok: bool, elapsed_ms: float = 20.0) -> FetchResult:

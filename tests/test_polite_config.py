@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from politeness_helpers import write_config
+from support import write_config
 
 from bts_sync.config import BackoffPolicy, ChangeTarget, load_settings
 from bts_sync.errors import ConfigError
@@ -16,6 +16,7 @@ def load(tmp_path: Path, **endpoint: Any) -> Any:
     config = write_config(
         tmp_path / "bts-sync.toml",
         [{"name": "api", "url": "http://127.0.0.1:9/api", **endpoint}],
+        dispatch_lead=0.3,
     )
     return load_settings(config, env={}).endpoints[0]
 

@@ -10,23 +10,23 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from politeness_helpers import (
+from pytest_httpserver import HTTPServer
+from support import (
+    ProcessSet,
     ScriptedEndpoint,
-    WorkerProcess,
     json_response,
+    process_env,
     run_cli,
-    start_bts_worker,
     wait_until,
     write_config,
 )
-from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from bts_sync import chain, store
@@ -37,27 +37,11 @@ PREFIX = "bts_sync"
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    """Collect the worker processes a test starts and stop them all at the end."""
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-@pytest.fixture
 def launch(
     tmp_path: Path,
     redis_url: str,
     httpserver: HTTPServer,
-    workers: list[WorkerProcess],
+    workers: ProcessSet,
 ) -> Callable[..., Path]:
     """Return a function that serves a scripted endpoint, starts a worker and its chain."""
 
@@ -66,10 +50,9 @@ def launch(
         config = write_config(
             tmp_path / "bts-sync.toml",
             [{"name": "api", "url": httpserver.url_for("/api"), **endpoint}],
+            dispatch_lead=0.3,
         )
-        workers.append(
-            start_bts_worker(config, redis_url, tmp_path / f"worker{len(workers)}.log")
-        )
+        workers.start_worker(process_env(config, redis_url), ready_timeout_s=None)
         started = run_cli(config, redis_url, "start")
         assert started.returncode == 0, started.stderr
         return config
@@ -239,7 +222,7 @@ def test_503_retry_after_pauses_as_failure(
 
 
 def test_retry_after_over_cap_is_capped(
-    launch: Callable[..., Path], client: redis.Redis, workers: list[WorkerProcess]
+    launch: Callable[..., Path], client: redis.Redis, workers: ProcessSet
 ) -> None:
     # Given a server that requests a 60 s wait and an endpoint that allows at most 1 s
     server = rate_limited_once(429, "60")
@@ -253,9 +236,13 @@ def test_retry_after_over_cap_is_capped(
     gap = requests[1].time - requests[0].time
     assert 1.0 <= gap < 5.0
     # And the worker logged a WARNING that names the cap
-    wait_until(lambda: "max_retry_after" in workers[0].log_text(), 5, "the cap warning")
+    wait_until(
+        lambda: "max_retry_after" in workers.started[0].log(), 5, "the cap warning"
+    )
     warning_lines = [
-        line for line in workers[0].log_text().splitlines() if "max_retry_after" in line
+        line
+        for line in workers.started[0].log().splitlines()
+        if "max_retry_after" in line
     ]
     assert "WARNING" in warning_lines[0]
     assert "60 s" in warning_lines[0]
@@ -264,8 +251,7 @@ def test_retry_after_over_cap_is_capped(
 def test_worker_restart_keeps_pause(
     launch: Callable[..., Path],
     client: redis.Redis,
-    workers: list[WorkerProcess],
-    tmp_path: Path,
+    workers: ProcessSet,
     redis_url: str,
 ) -> None:
     # Given an endpoint paused for 5 s by a 429
@@ -275,10 +261,10 @@ def test_worker_restart_keeps_pause(
     first_request = server.snapshot()[0].time
 
     # When the worker stops, the chain is stopped and started again, and a new worker runs
-    workers[0].stop()
+    workers.stop(workers.started[0])
     assert run_cli(config, redis_url, "stop").returncode == 0
     assert run_cli(config, redis_url, "start").returncode == 0
-    workers.append(start_bts_worker(config, redis_url, tmp_path / "worker-new.log"))
+    workers.start_worker(process_env(config, redis_url), ready_timeout_s=None)
     wait_until(lambda: server.count() >= 2, 25, "a request after the pause")
 
     # Then the next request still waits for the end of the pause

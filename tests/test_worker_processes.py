@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 import redis
-from werkzeug import Request, Response
-from workers import (
+from support import (
     BIN_DIR,
     EndpointLog,
     ProcessSet,
@@ -43,6 +42,7 @@ from workers import (
     wait_until,
     write_config,
 )
+from werkzeug import Request, Response
 
 from bts_sync import chain, store
 
@@ -55,20 +55,6 @@ NAME = "items"
 #: slot. Polls start a millisecond or two after the slot on an idle machine,
 #: and the margin is an estimate for a loaded 2-core machine.
 ON_GRID_TOLERANCE_S = 0.1
-
-
-@pytest.fixture
-def http() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
