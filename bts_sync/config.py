@@ -376,13 +376,19 @@ def _positive_number(value: Any, where: str, key: str, problems: _Problems) -> A
             where, key, value, "must be a number of seconds, such as 3 or 0.5."
         )
         return None
-    if not math.isfinite(value) or value < MIN_SECONDS or value > MAX_SECONDS:
+    if not math.isfinite(value) or value > MAX_SECONDS:
         problems.add(
             where,
             key,
             value,
-            f"must be from {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds (31 days).",
+            f"must be a finite number of seconds, at most {MAX_SECONDS:.0f} (31 days).",
         )
+        return None
+    if value <= 0:
+        problems.add(where, key, value, "must be greater than 0 seconds.")
+        return None
+    if value < MIN_SECONDS:
+        problems.add(where, key, value, f"must be at least {MIN_SECONDS:g} seconds.")
         return None
     return float(value)
 
@@ -1026,7 +1032,7 @@ def _build_settings(
             "",
             "redis_url",
             url,
-            "must be a valid URL starting with redis://, rediss:// or unix://, "
+            "must start with redis://, rediss:// or unix:// and be a valid URL, "
             "like redis://localhost:6379/0.",
         )
     elif redis_parts.password:

@@ -579,8 +579,9 @@ def test_config_text_shows_each_key(tmp_path: Path) -> None:
     result = run_cli("config")
 
     assert result.exit_code == 0
-    assert "'url': 'http://127.0.0.1/items'" in result.stdout
-    assert "'max_redirects': 5" in result.stdout
+    document = json.loads(result.stdout)
+    assert document["endpoints"][0]["url"] == "http://127.0.0.1/items"
+    assert document["endpoints"][0]["max_redirects"] == 5
     assert "\x1b" not in result.stdout
 
 

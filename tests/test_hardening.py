@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from pytest_httpserver import HTTPServer
+from support import forget_actors
 from werkzeug import Response
 
 from bts_sync import chain
@@ -33,16 +33,9 @@ API_KEY = "apikey-secret-5c2e9"
 @pytest.fixture(autouse=True)
 def fresh_actors() -> Iterator[None]:
     """Drop ``bts_sync.actors`` around each test, so each command reads its own settings."""
-
-    def forget() -> None:
-        sys.modules.pop("bts_sync.actors", None)
-        package = sys.modules["bts_sync"]
-        if hasattr(package, "actors"):
-            delattr(package, "actors")
-
-    forget()
+    forget_actors()
     yield
-    forget()
+    forget_actors()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -61,7 +54,7 @@ def write_config(folder: Path, text: str) -> Path:
         ("interval = nan", "interval = nan"),
         ("interval = inf", "interval = inf"),
         ("interval = 0.005", "at least 0.01 seconds"),
-        ("interval = 0.0001", "must be from 0.001"),
+        ("interval = 0.0001", "must be at least 0.001 seconds"),
         ("deadline = nan", "deadline = nan"),
         ("timeout = 1e300", "timeout = 1e+300"),
         ('name = "a\\n"', "may use letters"),
