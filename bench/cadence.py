@@ -75,9 +75,9 @@ def grid_stats(arrivals_s: list[float], interval_ms: int) -> dict[str, float]:
     """Measure bts-sync's arrivals against its grid."""
     phase = grid_phase_ms(ENDPOINT_NAME, interval_ms)
     times_ms = [t * 1000 for t in arrivals_s]
-    slots = [phase + round((t - phase) / interval_ms) * interval_ms for t in times_ms]
+    slots = [common.slot_of(t, phase, interval_ms) for t in times_ms]
     offsets = [t - s for t, s in zip(times_ms, slots, strict=True)]
-    expected = round((times_ms[-1] - times_ms[0]) / interval_ms) + 1 if times_ms else 0
+    expected = (slots[-1] - slots[0]) // interval_ms + 1 if slots else 0
     hours = [(t - times_ms[0]) / 3_600_000 for t in times_ms]
     return {
         "polls": len(times_ms),

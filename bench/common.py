@@ -401,6 +401,19 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return numerator / denominator if denominator else math.nan
 
 
+#: Milliseconds a poll may start before its slot and still belong to it. A
+#: request is never sent early by more than clock jitter, so an arrival up to
+#: an interval minus this much after a slot belongs to that slot, even when it
+#: is later than half an interval.
+EARLY_TOLERANCE_MS = 500
+
+
+def slot_of(arrived_ms: float, phase_ms: int, interval_ms: int) -> int:
+    """Return the grid slot ``phase + k * interval`` that an arrival belongs to."""
+    steps = math.floor((arrived_ms - phase_ms + EARLY_TOLERANCE_MS) / interval_ms)
+    return phase_ms + steps * interval_ms
+
+
 def ratio(value: float, baseline: float) -> str:
     """Format ``value / baseline`` as ``0.12x``, or ``n/a`` when undefined."""
     if not baseline or math.isnan(value) or math.isnan(baseline):

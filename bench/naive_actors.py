@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import dramatiq
@@ -71,12 +72,18 @@ def naive_poll(name: str, url: str) -> None:
 
 
 def seed(endpoint_list: Path) -> int:
-    """Send the first message of each ``name URL`` line; return how many were sent."""
+    """Send the first message of each ``name URL`` line; return how many were sent.
+
+    Each first message is delayed by a share of the interval taken from the
+    name, as bts-sync spreads its grid, so that the naive chains do not all
+    start in the same instant.
+    """
     count = 0
     for line in endpoint_list.read_text().splitlines():
         if line.strip():
             name, url = line.split()
-            naive_poll.send(name, url)
+            delay_ms = zlib.crc32(name.encode()) % RESEND_DELAY_MS
+            naive_poll.send_with_options(args=(name, url), delay=delay_ms)
             count += 1
     return count
 
