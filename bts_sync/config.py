@@ -12,6 +12,7 @@ the value and the fix.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import tomllib
@@ -160,6 +161,12 @@ class Settings:
     dispatch_lead_s: float = DEFAULT_DISPATCH_LEAD_S
     source: Path | None = None
 
+    @functools.cached_property
+    def _endpoints_by_name(self) -> dict[str, Endpoint]:
+        # Each poll looks its endpoint up by name, so a scan of the tuple
+        # would cost time in proportion to the number of endpoints.
+        return {endpoint.name: endpoint for endpoint in self.endpoints}
+
     def endpoint(self, name: str) -> Endpoint:
         """Return the endpoint called ``name``.
 
@@ -168,9 +175,9 @@ class Settings:
         """
         from bts_sync.errors import UnknownEndpointError
 
-        for endpoint in self.endpoints:
-            if endpoint.name == name:
-                return endpoint
+        endpoint = self._endpoints_by_name.get(name)
+        if endpoint is not None:
+            return endpoint
         known = ", ".join(e.name for e in self.endpoints) or "none"
         hint = _did_you_mean(name, [e.name for e in self.endpoints])
         raise UnknownEndpointError(
