@@ -436,6 +436,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def load_average() -> str:
+    """Return the 1-minute load average of the machine, to show how busy it was."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "unknown"
+
+
 def machine_line() -> str:
     """Describe the machine: CPU model, core count and Python version."""
     model = "unknown CPU"
@@ -446,4 +454,7 @@ def machine_line() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    return (
+        f"{model}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"1-minute load average {load_average()} at the end"
+    )

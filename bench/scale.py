@@ -219,6 +219,7 @@ def run_phase(
         http_core=meter.used["http"] / meter.wall_s,
         worker_rss=rss,
         worker_processes=len(worker_pids) - 1,
+        load_average=float(common.load_average()),
         profile=profile_path,
     )
     return report
@@ -345,6 +346,7 @@ def print_report(
         ("HTTP server CPU (% of a core)", "http_core", 100),
         ("worker RSS, all processes (MiB)", "worker_rss", 1),
         ("worker processes", "worker_processes", 1),
+        ("machine load average at the end (1 min)", "load_average", 1),
     ]
     headers = (
         ["measure"]
