@@ -401,10 +401,9 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return numerator / denominator if denominator else math.nan
 
 
-#: Milliseconds a poll may start before its slot and still belong to it. A
-#: request is never sent early by more than clock jitter, so an arrival up to
-#: an interval minus this much after a slot belongs to that slot, even when it
-#: is later than half an interval.
+#: Milliseconds before a slot from which an arrival belongs to it. bts-sync's
+#: launcher starts no request before its slot's due time, so an arrival that
+#: is late by more than half an interval still belongs to the slot before it.
 EARLY_TOLERANCE_MS = 500
 
 

@@ -11,11 +11,13 @@ copies of ``bench.httpd`` on one port. A probe thread times a GET of that
 server every 200 ms to show whether it keeps up.
 
 Each phase seeds every chain, waits ``--warmup`` seconds, and then measures
-for ``--duration`` seconds: the share of slots polled, offsets from the grid,
-CPU of the worker processes, of redis-server and of the HTTP server (user plus
-system time from /proc/PID/stat), and the workers' resident memory at the
-end. With ``--profile S`` a ``py-spy record`` samples one worker process of
-each bts-sync phase for S seconds and the top functions are printed.
+for ``--duration`` seconds. It reports the share of slots polled, offsets from
+the grid, and the workers' resident memory at the end. CPU time (user plus
+system, from /proc/PID/stat) is read for the worker processes, redis-server
+and the HTTP server. With ``--profile S``, ``py-spy record --gil`` samples one
+worker process of each bts-sync phase for S seconds and the top functions are
+printed; the sampling slows the worker, so profiled figures are not the
+benchmark's.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import argparse
 import collections
 import itertools
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from bench import common, httpd
 from bts_sync.chain import grid_phase_ms
@@ -102,8 +107,12 @@ def naive_report(
     }
 
 
-def top_frames(raw_profile: Path, limit: int = 12) -> str:
-    """Summarise a py-spy ``--format raw`` profile: share of samples per frame, inclusive."""
+def top_frames(raw_profile: Path, limit: int = 20) -> str:
+    """Summarize a py-spy ``--format raw`` profile as the share of samples per function.
+
+    Line numbers are dropped, so each function appears once; frames of the
+    threading module are left out because every thread starts in them.
+    """
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = 0
@@ -113,17 +122,38 @@ def top_frames(raw_profile: Path, limit: int = 12) -> str:
             continue
         count = int(count_text)
         total += count
-        frames = stack.split(";")
-        for frame in set(frames):
-            inclusive[frame] += count
-        own[frames[-1]] += count
-    rows = [
-        [frame[:100], f"{100 * n / total:.1f} %", f"{100 * own[frame] / total:.1f} %"]
-        for frame, n in inclusive.most_common(60)
-        if n < total
-    ]
-    rows.sort(key=lambda row: -float(row[2].split()[0]))
-    return common.markdown_table(["frame", "inclusive", "own"], rows[:limit])
+        functions = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        for function in set(functions):
+            inclusive[function] += count
+        own[functions[-1]] += count
+
+    rows = []
+    for function, samples in inclusive.most_common():
+        if "(threading.py)" in function:
+            continue
+        rows.append(
+            [
+                function[:100],
+                f"{100 * samples / total:.1f} %",
+                f"{100 * own[function] / total:.1f} %",
+            ]
+        )
+        if len(rows) == limit:
+            break
+    return common.markdown_table(["function", "inclusive", "own"], rows)
+
+
+def command_counts(redis_url: str) -> dict[str, int]:
+    """Return the calls per command from redis-server's ``INFO commandstats``."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stats: Any = client.info("commandstats")
+    finally:
+        client.close()
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in stats.items()
+    }
 
 
 def run_phase(
@@ -165,6 +195,7 @@ def run_phase(
         {"worker": [worker.pid], "redis": [redis_pid], "http": http_pids}
     )
     meter.start()
+    commands_before = command_counts(redis_url)
     start_s = time.time()
     profile_path = None
     if args.profile and design == "bts":
@@ -193,6 +224,7 @@ def run_phase(
     time.sleep(args.duration)
     end_s = time.time()
     meter.stop()
+    commands_after = command_counts(redis_url)
     worker_pids = common.descendants(worker.pid)
     rss = common.rss_mib(worker_pids)
     children.stop(worker)
@@ -220,7 +252,15 @@ def run_phase(
         worker_rss=rss,
         worker_processes=len(worker_pids) - 1,
         load_average=float(common.load_average()),
+        commands={
+            name: calls - commands_before.get(name, 0)
+            for name, calls in commands_after.items()
+            if calls > commands_before.get(name, 0)
+        },
         profile=profile_path,
+    )
+    report["commands_per_poll"] = (
+        sum(report["commands"].values()) / polls if polls else math.nan
     )
     return report
 
@@ -339,6 +379,7 @@ def print_report(
         ("offset from slot max (ms)", "offset_max", 1),
         ("period p50 (ms)", "period_p50", 1),
         ("period p99 (ms)", "period_p99", 1),
+        ("Redis commands per poll", "commands_per_poll", 1),
         ("worker CPU per poll (ms)", "worker_ms_per_poll", 1),
         ("redis-server CPU per poll (ms)", "redis_ms_per_poll", 1),
         ("worker CPU (% of a core)", "worker_core", 100),
@@ -374,11 +415,28 @@ def print_report(
             ]
         )
     print(common.markdown_table(headers, rows))
+    print()
+    print("Redis commands per poll, from INFO commandstats over the measured window:")
+    print()
+    names = sorted({name for report in reports for name in report["commands"]})
+    polls = [report["polls_per_s"] * args.duration for report in reports]
+    command_rows = [
+        [
+            name,
+            *(
+                r["commands"].get(name, 0) / n
+                for r, n in zip(reports, polls, strict=True)
+            ),
+        ]
+        for name in names
+    ]
+    print(common.markdown_table(["command", *headers[1:-1]], command_rows))
+
     for report in reports:
         if report.get("profile") and Path(report["profile"]).exists():
             print()
             print(
-                f"py-spy, one bts-sync worker process, {args.profile:.0f} s (frames by own share of samples):"
+                f"py-spy, one bts-sync worker process, {args.profile:.0f} s (share of the samples that held the GIL):"
             )
             print()
             print(top_frames(Path(report["profile"])))
