@@ -342,7 +342,7 @@ class LatencyProbe:
     """A thread that times a GET of ``/probe`` every ``period_s`` seconds.
 
     The round-trip times show whether the HTTP server keeps up: a server that
-    is the bottleneck answers the probe late too.
+    is the bottleneck responds to the probe late too.
     """
 
     def __init__(self, port: int, period_s: float = 0.2) -> None:

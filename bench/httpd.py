@@ -1,6 +1,6 @@
 """A small, fast HTTP/1.1 server for the benchmarks that logs each request's arrival.
 
-``python -m bench.httpd PORT LOG_FILE`` answers every GET with a short JSON
+``python -m bench.httpd PORT LOG_FILE`` responds to every request with a short JSON
 body, keeps connections alive, and appends ``arrival_time path`` lines to
 LOG_FILE once a second and on SIGTERM. The arrival time is taken when the
 request's bytes reach the process. Several copies can share PORT because the

@@ -6,7 +6,7 @@ Run from the repository root::
 
 bts-sync and the naive design run at the same time, each with ``--chains``
 chains at 3 s, its own redis-server and a worker with Dramatiq's default
-settings; bts-sync also has its real scheduler, ``periodiq bts_sync.actors``,
+settings. bts-sync also has its real scheduler, ``periodiq bts_sync.actors``,
 which sends the watchdog at the start of every minute. All requests go to one
 ``bench.httpd`` server that logs their arrival.
 
@@ -108,7 +108,7 @@ def analyse(
     )
     all_back_s = max(first_after_kill) if recovered == len(names) else math.nan
     # Recovery lasts until every chain has polled again, plus one interval to
-    # catch a burst right after; a design that never recovers is watched to the end.
+    # catch a burst right after. A design that never recovers is watched to the end.
     recovery_end_s = (
         end_s if math.isnan(all_back_s) else kill_s + all_back_s + interval_s
     )
