@@ -12,6 +12,7 @@ the value and the fix.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import re
@@ -278,6 +279,12 @@ class Settings:
     alert_after_failures: int = DEFAULT_ALERT_AFTER_FAILURES
     source: Path | None = None
 
+    @functools.cached_property
+    def _endpoints_by_name(self) -> dict[str, Endpoint]:
+        # Each poll looks its endpoint up by name, so a scan of the tuple
+        # would cost time in proportion to the number of endpoints.
+        return {endpoint.name: endpoint for endpoint in self.endpoints}
+
     def endpoint(self, name: str) -> Endpoint:
         """Return the endpoint called ``name``.
 
@@ -286,9 +293,9 @@ class Settings:
         """
         from bts_sync.errors import UnknownEndpointError
 
-        for endpoint in self.endpoints:
-            if endpoint.name == name:
-                return endpoint
+        endpoint = self._endpoints_by_name.get(name)
+        if endpoint is not None:
+            return endpoint
         known = ", ".join(e.name for e in self.endpoints) or "none"
         hint = _did_you_mean(name, [e.name for e in self.endpoints])
         raise UnknownEndpointError(

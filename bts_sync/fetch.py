@@ -38,6 +38,7 @@ from urllib3.exceptions import (
 
 from bts_sync import __version__
 from bts_sync.config import Endpoint
+from bts_sync.launcher import DEFAULT_POLL_THREADS
 from bts_sync.redact import is_secret_name, mask_headers, mask_text, mask_url
 
 logger = logging.getLogger(__name__)
@@ -271,9 +272,12 @@ def get_pool(verify_tls: bool) -> urllib3.PoolManager:
     with _pools_lock:
         pool = _pools.get(verify_tls)
         if pool is None:
+            # One kept-alive connection per launcher thread and host: with
+            # fewer, polls of endpoints on one host open and close a new
+            # connection each time the pool is full.
             pool = urllib3.PoolManager(
                 num_pools=256,
-                maxsize=8,
+                maxsize=DEFAULT_POLL_THREADS,
                 cert_reqs="CERT_REQUIRED" if verify_tls else "CERT_NONE",
             )
             pool.pool_classes_by_scheme = {
