@@ -340,15 +340,10 @@ def run(ctx: click.Context) -> None:
     the processes it started; the chains stay in Redis and resume on the next
     run.
     """
-    from rich.console import Group
-    from rich.live import Live
-    from rich.text import Text
-
     from bts_sync import devrun
     from bts_sync.config import DEFAULT_REDIS_URL
     from bts_sync.connection import connect
     from bts_sync.errors import RedisUnavailableError
-    from bts_sync.render import queue_line, status_table
 
     settings = load_context_settings(ctx)
     obj = ctx.find_root().obj or {}
@@ -397,26 +392,7 @@ def run(ctx: click.Context) -> None:
         for endpoint in actors.SETTINGS.endpoints:
             actors.start_chain(client, endpoint)
 
-        with Live(console=console, refresh_per_second=2, transient=False) as live:
-            while True:
-                report = collect_status(actors, client)
-                hint = Text(
-                    "Ctrl+C stops the worker and scheduler; the chains resume on the next run.",
-                    style="dim",
-                )
-                live.update(
-                    Group(
-                        status_table(report["endpoints"], report["time"]),
-                        queue_line(report["queue"]),
-                        hint,
-                    )
-                )
-                for child in workers:
-                    if child.process.poll() is not None:
-                        raise click.ClickException(
-                            f"The {child.name} exited with code {child.process.returncode}; see {child.log_path}."
-                        )
-                time.sleep(1)
+        _show_live_view(actors, client, console, workers)
     except KeyboardInterrupt:
         console.print("Stopping the worker and scheduler …", highlight=False)
     finally:
@@ -425,6 +401,34 @@ def run(ctx: click.Context) -> None:
         redis_children = [c for c in children if c.name == "redis"]
         devrun.stop_children([c for c in children if c.name != "redis"])
         devrun.stop_children(redis_children)
+
+
+def _show_live_view(
+    actors: ModuleType, client: Any, console: Any, workers: list[Any]
+) -> None:
+    """Redraw the watch view every second until Ctrl+C or until a child exits.
+
+    Raises:
+        click.ClickException: The worker or the scheduler exited.
+    """
+    from rich.live import Live
+
+    from bts_sync.overview import HistoryCache, build_overview
+    from bts_sync.watch import watch_view
+
+    settings: Settings = actors.SETTINGS
+    cache = HistoryCache(settings.key_prefix, settings.history_length)
+    hint = "Ctrl+C stops the worker and scheduler; the chains resume on the next run."
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        while True:
+            overview = build_overview(actors, client, cache)
+            live.update(watch_view(overview, hint=hint))
+            for child in workers:
+                if child.process.poll() is not None:
+                    raise click.ClickException(
+                        f"The {child.name} exited with code {child.process.returncode}; see {child.log_path}."
+                    )
+            time.sleep(1)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -146,7 +146,11 @@ def workers_line(workers: list[dict[str, Any]]) -> Text:
     )
 
 
-def watch_view(overview: dict[str, Any], problem: str = "") -> RenderableType:
+def watch_view(
+    overview: dict[str, Any],
+    problem: str = "",
+    hint: str = "Ctrl+C quits; the chains go on.",
+) -> RenderableType:
     """Build the whole view: endpoints, queue depths, workers and a hint."""
     clock = time.strftime("%H:%M:%S", time.localtime(overview["time"]))
     parts: list[RenderableType] = [
@@ -157,5 +161,5 @@ def watch_view(overview: dict[str, Any], problem: str = "") -> RenderableType:
     ]
     if problem:
         parts.append(Text(problem, style="bold red"))
-    parts.append(Text("Ctrl+C quits; the chains go on.", style="dim"))
+    parts.append(Text(hint, style="dim"))
     return Group(*parts)
