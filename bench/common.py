@@ -207,6 +207,18 @@ def rss_mib(pids: Iterable[int]) -> float:
     return total_kib / 1024
 
 
+def start_httpd(children: Children, workdir: Path, index: int = 0) -> tuple[int, Path]:
+    """Start ``bench/httpd.py`` on a free port; return the port and its arrival log."""
+    port = free_port()
+    log_path = workdir / f"arrivals-{index}.txt"
+    children.start(
+        f"httpd-{index}" if index else "httpd",
+        [str(BIN_DIR / "python"), "-m", "bench.httpd", str(port), str(log_path)],
+    )
+    wait_for_port(port)
+    return port, log_path
+
+
 def start_redis(children: Children, label: str) -> tuple[str, int]:
     """Start a private redis-server on a free loopback port; return its URL and PID."""
     port = free_port()

@@ -40,19 +40,7 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     with common.Children(workdir) as children:
-        http_port = common.free_port()
-        log_path = workdir / "arrivals-0.txt"
-        children.start(
-            "httpd",
-            [
-                str(common.BIN_DIR / "python"),
-                "-m",
-                "bench.httpd",
-                str(http_port),
-                str(log_path),
-            ],
-        )
-        common.wait_for_port(http_port)
+        http_port, log_path = common.start_httpd(children, workdir)
         bts_redis, bts_redis_pid = common.start_redis(children, "redis-bts")
         naive_redis, naive_redis_pid = common.start_redis(children, "redis-naive")
         config = workdir / "bts-sync.toml"

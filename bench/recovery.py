@@ -167,19 +167,7 @@ def main() -> None:
     names = [f"r{i:04d}" for i in range(args.chains)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     with common.Children(workdir) as children:
-        http_port = common.free_port()
-        log_path = workdir / "arrivals-0.txt"
-        children.start(
-            "httpd",
-            [
-                str(common.BIN_DIR / "python"),
-                "-m",
-                "bench.httpd",
-                str(http_port),
-                str(log_path),
-            ],
-        )
-        common.wait_for_port(http_port)
+        http_port, log_path = common.start_httpd(children, workdir)
 
         bts_redis, _ = common.start_redis(children, "redis-bts")
         naive_redis, _ = common.start_redis(children, "redis-naive")

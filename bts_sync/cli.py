@@ -68,8 +68,33 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
 
 
+#: Commands defined in other modules, by name: (module, attribute). They are
+#: imported when named or listed, so ``bts-sync once`` does not load them.
+_LAZY_COMMANDS = {
+    "start": ("bts_sync.commands", "start"),
+    "stop": ("bts_sync.commands", "stop"),
+    "status": ("bts_sync.commands", "status"),
+    "show": ("bts_sync.commands", "show"),
+    "run": ("bts_sync.commands", "run"),
+    "watch": ("bts_sync.monitor_commands", "watch"),
+    "dashboard": ("bts_sync.monitor_commands", "dashboard"),
+}
+
+
 class _Group(click.Group):
     """Click group that turns bts-sync errors into one line and an exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            module_name, attribute = _LAZY_COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module_name), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -239,24 +264,6 @@ def show_config(ctx: click.Context, as_json: bool) -> None:
 
     # The same JSON document, highlighted for a person.
     make_console().print_json(data=data)
-
-
-def _add_chain_commands() -> None:
-    from bts_sync import commands, monitor_commands
-
-    for command in (
-        commands.start,
-        commands.stop,
-        commands.status,
-        commands.show,
-        commands.run,
-        monitor_commands.watch,
-        monitor_commands.dashboard,
-    ):
-        cli.add_command(command)
-
-
-_add_chain_commands()
 
 
 def main() -> NoReturn:

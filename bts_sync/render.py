@@ -216,7 +216,8 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h"
 
 
-_STATE_STYLES = {
+#: Rich style of each chain state in tables.
+STATE_STYLES = {
     "running": "green",
     "stalled": "bold yellow",
     "stopped": "dim",
@@ -268,7 +269,7 @@ def status_table(rows: list[dict[str, Any]], now_s: float) -> Table:
         held_until = row.get("held_until_s")
         table.add_row(
             Text(row["name"]),
-            Text(row["state"], style=_STATE_STYLES.get(row["state"], "")),
+            Text(row["state"], style=STATE_STYLES.get(row["state"], "")),
             format_age(now_s - held_until) if held_until else "—",
             f"{row['interval_s']:g} s",
             format_age(now_s - last_time if last_time else None),

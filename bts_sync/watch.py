@@ -9,20 +9,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from bts_sync.render import format_age, queue_line, status_style
+from bts_sync.render import STATE_STYLES, format_age, queue_line, status_style
 
 #: Latest polls drawn in the latency trend.
 TREND_POLLS = 12
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
-
-_STATE_STYLES = {
-    "running": "green",
-    "stalled": "bold yellow",
-    "stopped": "dim",
-    "backing off": "yellow",
-    "paused": "yellow",
-}
 
 
 def sparkline(values: list[float | None]) -> Text:
@@ -113,7 +105,7 @@ def endpoints_table(overview: dict[str, Any]) -> Table:
         failures = row.get("consecutive_failures", 0)
         table.add_row(
             Text(row["name"], style="bold"),
-            Text(row["state"], style=_STATE_STYLES.get(row["state"], "")),
+            Text(row["state"], style=STATE_STYLES.get(row["state"], "")),
             Text("ok", style="green")
             if health != "unhealthy"
             else Text("unhealthy", style="bold red"),
