@@ -66,6 +66,33 @@ class JsonFormatter(logging.Formatter):
 _own_handlers: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
 
 
+class _DeferredRichHandler(logging.Handler):
+    """Handler that creates a rich ``RichHandler`` when the first record arrives.
+
+    Importing rich's logging support takes a few milliseconds, and most runs
+    of a command log nothing at the default level.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self._stream = stream
+        self._rich: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._rich is None:
+            from rich.console import Console
+            from rich.logging import RichHandler
+
+            # Markup stays off: messages carry URLs and server text with brackets.
+            self._rich = RichHandler(
+                console=Console(file=self._stream),
+                markup=False,
+                rich_tracebacks=False,
+                show_path=False,
+            )
+        self._rich.emit(record)
+
+
 def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
     """Create a handler for ``log_format``, with secrets masked.
 
@@ -80,16 +107,7 @@ def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
 
     handler: logging.Handler
     if log_format == "rich":
-        from rich.console import Console
-        from rich.logging import RichHandler
-
-        # Markup stays off: messages carry URLs and server text with brackets.
-        handler = RichHandler(
-            console=Console(file=stream),
-            markup=False,
-            rich_tracebacks=False,
-            show_path=False,
-        )
+        handler = _DeferredRichHandler(stream)
     elif log_format == "json":
         handler = logging.StreamHandler(stream)
         handler.setFormatter(JsonFormatter())
