@@ -6,7 +6,7 @@ Exit codes:
 * 1: the endpoint failed (``once``), or an endpoint named on the command line
   could not be started or stopped.
 * 2: usage or configuration error.
-* 3: Redis did not answer.
+* 3: Redis did not respond, rejected the credentials or returned an error.
 * 130: interrupted with Ctrl+C.
 
 Dramatiq and redis-py are imported inside the commands that need them, so
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 EXIT_ENDPOINT_FAILED = 1
 #: Usage or configuration error.
 EXIT_USAGE = 2
-#: Redis did not answer at the configured URL.
+#: Redis did not respond at the configured URL.
 EXIT_REDIS = 3
 #: Interrupted by Ctrl+C.
 EXIT_INTERRUPTED = 130

@@ -35,7 +35,7 @@ def connect(url: str, check: bool = True) -> redis.Redis:
 
 
 def unavailable(url: str, exc: BaseException) -> RedisUnavailableError:
-    """Build the error for a Redis that did not answer at ``url``."""
+    """Build the error for a Redis at ``url`` that failed with ``exc``."""
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
         return RedisUnavailableError(
             f"Redis at {mask_url(url)} rejected the credentials ({describe(exc)}). "

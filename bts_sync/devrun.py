@@ -1,6 +1,6 @@
 """``bts-sync run``: worker, scheduler and live view in one foreground process tree.
 
-It is meant for development. When no Redis answers at the configured URL and
+It is meant for development. When no Redis responds at the configured URL and
 none was configured on purpose, it starts a private ``redis-server`` from the
 PATH on a free loopback port, with its data in the state folder.
 """
@@ -66,7 +66,7 @@ def start_private_redis(folder: Path) -> tuple[str, Child]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RedisUnavailableError(
-            "No Redis answers and redis-server is not on the PATH. Install Redis "
+            "No Redis responds and redis-server is not on the PATH. Install Redis "
             "(for example apt-get install redis-server) or set REDIS_URL to a running Redis."
         )
     data = folder / "redis"

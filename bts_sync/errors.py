@@ -4,7 +4,7 @@ The tree::
 
     BtsSyncError
     ├── ConfigError         a configuration file, variable or flag is invalid
-    ├── RedisUnavailableError  Redis did not answer at the configured URL
+    ├── RedisUnavailableError  Redis did not respond at the configured URL
     └── UnknownEndpointError   a command named an endpoint that is not configured
 
 Endpoint failures (timeouts, bad statuses, invalid JSON) are not exceptions: the
@@ -21,7 +21,7 @@ class ConfigError(BtsSyncError):
 
 
 class RedisUnavailableError(BtsSyncError):
-    """Redis did not answer at the configured URL."""
+    """Redis did not respond at the configured URL."""
 
 
 class UnknownEndpointError(BtsSyncError):
