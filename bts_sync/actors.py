@@ -30,6 +30,7 @@ from periodiq import PeriodiqMiddleware, cron
 from bts_sync import chain, changes, hooks, politeness
 from bts_sync.config import POLL_QUEUE, Endpoint, Settings, load_settings
 from bts_sync.connection import connect, describe
+from bts_sync.deadletters import dramatiq_namespace
 from bts_sync.delivery import deliver_change
 from bts_sync.errors import BtsSyncError, UnknownEndpointError
 from bts_sync.fetch import FetchResult, fetch
@@ -168,7 +169,7 @@ def build_broker(settings: Settings) -> _PatientRedisBroker:
     ]
     return _PatientRedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
-        namespace=f"{settings.key_prefix}:dramatiq",
+        namespace=dramatiq_namespace(settings.key_prefix),
         middleware=middleware,
     )
 

@@ -59,11 +59,6 @@ class PollLauncher:
             heapq.heappush(self._heap, (due_s, next(self._order), job))
             self._condition.notify()
 
-    def pending(self) -> int:
-        """Return the number of jobs waiting for their due time."""
-        with self._condition:
-            return len(self._heap)
-
     def shutdown(self, timeout_s: float | None = None) -> bool:
         """Stop taking jobs, run the waiting ones at their due times and wait for all.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 #: Text that replaces a secret.
@@ -97,11 +97,6 @@ def mask_headers(headers: Mapping[str, str]) -> dict[str, str]:
         name: MASK if is_secret_name(name) else mask_text(value)
         for name, value in headers.items()
     }
-
-
-def mask_all(texts: Iterable[str]) -> list[str]:
-    """Apply ``mask_text`` to each string."""
-    return [mask_text(t) for t in texts]
 
 
 class RedactingFilter(logging.Filter):

@@ -75,11 +75,6 @@ def stats_key(prefix: str, name: str) -> str:
     return f"{prefix}:stats:{name}"
 
 
-def content_hash(result: FetchResult) -> str:
-    """Hash the whole content of a response by the rules of ``bts_sync.changes``."""
-    return changes.content_hash(result)
-
-
 # KEYS: latest, history, changes, stats.
 # ARGV: name, time, outcome, hash, history length, changes length, number of
 # poll field values, then poll fields and values, then content fields and values.
@@ -273,7 +268,7 @@ def record_and_detect_change(
     result = record.result
     outcome = poll_outcome(result)
     if outcome == "ok":
-        digest = content_hash(result) if digest is None else digest
+        digest = changes.content_hash(result) if digest is None else digest
         content = _content_fields(result, digest)
     else:
         digest = ""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 import pytest
 
-from bts_sync import changes, store
+from bts_sync import changes
 from bts_sync.fetch import FetchResult
 
 
@@ -53,13 +54,18 @@ def digest(
     return changes.content_hash(json_result(body), ignore, select)
 
 
-def test_whole_body_hash_matches_store() -> None:
+def test_whole_body_hash_is_canonical_sha256() -> None:
     # Given a JSON result and no paths
     result = json_result(QUOTE)
 
-    # When both hash functions run
-    # Then they agree, so upgrading does not report a change
-    assert changes.content_hash(result) == store.content_hash(result)
+    # When it is hashed
+    # Then the hash is the SHA-256 of the sorted, compact JSON the README documents
+    canonical = json.dumps(
+        QUOTE, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert (
+        changes.content_hash(result) == hashlib.sha256(canonical.encode()).hexdigest()
+    )
 
 
 def test_ignored_path_hides_volatile_field() -> None:
@@ -162,7 +168,7 @@ def test_paths_do_not_apply_to_text() -> None:
 
     # When it is hashed with paths
     # Then the bytes are hashed as they are
-    assert changes.content_hash(result, ("$.a",), ("$.b",)) == store.content_hash(
+    assert changes.content_hash(result, ("$.a",), ("$.b",)) == changes.content_hash(
         result
     )
 
