@@ -105,7 +105,7 @@ class ChainMiddleware(Middleware):
     It also makes a worker process treat SIGTERMs that arrive together as one.
     Process managers such as Honcho signal the whole process group, so each
     worker process gets SIGTERM from the manager and again from Dramatiq's main
-    process; Dramatiq takes a second SIGTERM as a hard kill, which would drop
+    process. Dramatiq takes a second SIGTERM as a hard kill, which would drop
     the polls in progress.
 
     NOTE: Honcho 2.0 sends SIGKILL 5 s after the first of its processes exits,

@@ -14,7 +14,7 @@ on the same grid as before.
 The same hash stores the endpoint's politeness state: ``paused_until`` (a pause
 that a ``Retry-After`` header asked for), ``backoff_until`` and
 ``backoff_streak``. The chain keeps claiming every slot during a pause or a
-back-off, so the watchdog never takes it for stalled; the fire-time script
+back-off, so the watchdog never takes it for stalled. The fire-time script
 skips the slots that fall before these times. ``stop`` and ``start`` keep
 them, so restarting cannot poll early.
 """

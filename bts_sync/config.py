@@ -117,7 +117,7 @@ _ACTOR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class BackoffPolicy:
-    """How polling slows down after consecutive failures.
+    """Policy for slowing polling down after consecutive failures.
 
     After ``after_failures`` consecutive failures, the next poll waits
     ``initial_s`` seconds from the failed slot. Each further failure multiplies
@@ -187,7 +187,7 @@ class Endpoint:
             ``If-Modified-Since`` from the last response's validators.
         max_retry_after_s: Maximum pause, in seconds, that a ``Retry-After``
             header of a 429 or 503 response can impose.
-        backoff: How polling slows down after failures, or None to keep the
+        backoff: Policy for slowing polling down after failures, or None to keep the
             interval.
         ignore_paths: JSONPath expressions whose values the content hash leaves out.
         select_paths: JSONPath expressions whose values alone the content hash

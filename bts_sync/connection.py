@@ -69,8 +69,8 @@ def queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> No
     """Queue an ``EVALSHA`` of a registered ``script`` on ``pipe``.
 
     redis-py's own ``script(..., client=pipe)`` makes every ``execute`` send
-    ``SCRIPT EXISTS`` first, an extra round trip on every poll; scripts queued
-    here are checked only when Redis reports them missing.
+    ``SCRIPT EXISTS`` first, which is an extra round trip on every poll. Scripts
+    queued here are loaded only when Redis reports them missing.
     """
     _script_sources[script.sha] = script.script
     pipe.evalsha(script.sha, len(keys), *keys, *args)

@@ -16,7 +16,7 @@ Access rules:
   ``X-CSRF-Token`` header, and any action whose ``Origin`` or
   ``Sec-Fetch-Site`` header shows another site is rejected.
 * No secret leaves the server: URLs are masked with ``mask_url``, error texts
-  with ``mask_text``, headers are never shown, and the cookie holds an HMAC of
+  with ``mask_text``, headers are never shown, and the cookie contains an HMAC of
   the token, not the token.
 """
 

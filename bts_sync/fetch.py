@@ -88,7 +88,7 @@ class FetchResult:
         headers: Response headers with secret values masked.
         content_type: Media type of the body, without parameters.
         body: Decoded JSON value, or the text when the body is not JSON.
-        is_json: Whether ``body`` holds decoded JSON.
+        is_json: Whether ``body`` contains decoded JSON.
         raw: Body bytes as received after decompression; empty on failure.
         etag: Value of the ``ETag`` response header, or None.
         last_modified: Value of the ``Last-Modified`` response header, or None.
@@ -148,7 +148,7 @@ class _FetchFailure(Exception):
 class _DeadlineWatcher:
     """One thread per process that shuts down sockets whose fetch deadline passed.
 
-    A timer thread per request would cost a thread start for every poll; one
+    A timer thread per request would cost a thread start for every poll, so one
     thread with a heap of deadlines serves every fetch of the process.
     Cancelled entries are marked inactive and dropped when they reach the top.
     """
@@ -361,7 +361,7 @@ def _request_url(endpoint: Endpoint) -> str:
 def _split_credentials(url: str) -> tuple[str, str | None]:
     """Remove the ``user:password@`` part of ``url`` and return it for Basic auth.
 
-    urllib3 ignores credentials in a URL and would also log them; they are sent
+    urllib3 ignores credentials in a URL and would also log them. They are sent
     as an ``Authorization`` header instead, which is dropped on a redirect to
     another host.
     """
@@ -635,7 +635,7 @@ def _classify(exc: Exception, endpoint: Endpoint) -> tuple[str, str]:
         reason = exc.reason or exc
 
     # NameResolutionError and NewConnectionError subclass ConnectTimeoutError in
-    # urllib3 2, so they are told apart first.
+    # urllib3 2, so they are checked first.
     if isinstance(reason, urllib3.exceptions.NameResolutionError):
         return "connection", f"Host name could not be resolved: {_short(reason)}."
     if isinstance(reason, NewConnectionError) and "timed out" not in str(reason):

@@ -3,8 +3,8 @@
 Dramatiq's Redis consumers poll with a back-off of up to ``worker_timeout``,
 once to move a due message off the delay queue and once more to fetch it, so a
 message can arrive a second or two after its ``eta``. Poll messages are
-therefore released ``dispatch_lead`` seconds early; the actor claims the slot
-and hands the poll to this launcher, which holds it on a timer and starts it on
+therefore released ``dispatch_lead`` seconds early. The actor claims the slot
+and hands the poll to this launcher, which keeps it on a timer and starts it on
 a thread pool at the due time.
 """
 

@@ -103,7 +103,7 @@ class RedactingFilter(logging.Filter):
     """Logging filter that masks registered secrets in the final message.
 
     It formats the record's message once, masks it, and stores the result back
-    with no arguments, so every handler after it sees the masked text.
+    with no arguments, so every handler after it gets the masked text.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

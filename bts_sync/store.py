@@ -1,4 +1,4 @@
-"""What a poll leaves in Redis: latest result, history, change events and counters.
+"""Records of each poll in Redis: latest result, history, change events and counters.
 
 Keys, under the configured prefix (``bts_sync`` by default); the README
 documents them as the interface that consumers read:

@@ -264,7 +264,7 @@ def test_stop_ends_chain_of_removed_endpoint(redis_url: str, tmp_path: Path) -> 
     # When stop is run by name
     result = run_cli("--config", str(path), "--redis-url", redis_url, "stop", "retired")
 
-    # Then the chain ends and the output says why it was not configured
+    # Then the chain ends and the output notes that it is not configured
     assert result.exit_code == 0
     assert "not in the configuration" in result.stdout
     assert chain.running_names(client, "bts_sync") == []
